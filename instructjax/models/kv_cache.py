@@ -1,0 +1,39 @@
+"""Key/value cache for incremental decoding, a plain pytree passed in and out of the model."""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from instructjax.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, written slot by slot.
+
+  All rows write at the same slot `index` (prompts are left padded), so `index` is a scalar;
+  per-row validity lives in `segment_ids` (0 = empty slot or padding token).
+  """
+  k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+  v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+  segment_ids: jax.Array  # [batch, max_len] int32
+  index: jax.Array  # [] int32, next slot to write
+
+  LOGICAL_AXES = {"k": ("layers", "act_batch", "act_length", "act_kv_heads", None),
+                  "v": ("layers", "act_batch", "act_length", "act_kv_heads", None),
+                  "segment_ids": ("act_batch", "act_length"), "index": ()}
+
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    if max_len > cfg.max_seq_len and cfg.learned_positions:
+      raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
+    dtype = dtype or cfg.jnp_dtype
+    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.resolved_head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               segment_ids=jnp.zeros((batch, max_len), jnp.int32),
+               index=jnp.zeros((), jnp.int32))
+
+  @property
+  def max_len(self) -> int:
+    return self.segment_ids.shape[1]

@@ -1,0 +1,159 @@
+"""The decoder-only transformer, with a language-model head or a scalar head.
+
+One Linen module for every family; layers are stacked with `nn.scan` so parameters carry a
+leading [layers] axis whatever `scan_layers` says: with scan_layers=False the scan is fully
+unrolled (the compiled program grows with depth), with True it is a loop (compile time flat in
+depth). One parameter layout means checkpoints and HF conversion do not depend on that choice.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from instructjax.models.config import ModelConfig
+from instructjax.models.kv_cache import KVCache
+from instructjax.models.layers import MLP, Attention, Norm, declare
+from instructjax.sharding import ShardingContext, constrain
+
+Array = jax.Array
+
+_REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole block in the backward pass.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+HEADS = ("lm", "scalar")
+
+
+def positions_from_mask(mask: Array) -> Array:
+  """Position ids from a [B, T] validity mask: left padding shifts nothing in the real tokens."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention_mask(q_segments: Array, k_segments: Array, q_slots: Array) -> Array:
+  """[B, T, S] bool: causal by slot, same segment, key not padding.
+
+  q_segments: [B, T]; k_segments: [B, S]; q_slots: [T] slot index of each query.
+  """
+  k_slots = jnp.arange(k_segments.shape[1])
+  causal = k_slots[None, :] <= q_slots[:, None]  # [T, S]
+  same = q_segments[:, :, None] == k_segments[:, None, :]
+  return causal[None] & same & (k_segments != 0)[:, None, :]
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  shard: Optional[ShardingContext] = None
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, cache_index):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
+    h, new_cache = Attention(cfg, self.shard, name="attn")(
+        Norm(cfg, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+    x = x + drop(h)
+    x = x + drop(MLP(cfg, self.shard, name="mlp")(Norm(cfg, name="mlp_norm")(x)))
+    x = constrain(self.shard, x, ("act_batch", "act_length", "act_embed"))
+    return x, new_cache
+
+
+class DecoderLM(nn.Module):
+  """tokens [B, T] -> logits [B, T, vocab] float32 ("lm") or values [B, T] float32 ("scalar").
+
+  `segment_ids` [B, T]: 0 marks padding; tokens attend only within their own segment, so packed
+  documents and left padding are both expressed by it. `positions` [B, T] are position ids
+  (for left padding use `positions_from_mask`). With `cache`, the call appends T tokens at
+  `cache.index` and returns the updated cache.
+  """
+  cfg: ModelConfig
+  head: str = "lm"
+  shard: Optional[ShardingContext] = None
+
+  def setup_block_stack(self, deterministic: bool):
+    cfg = self.cfg
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    return nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+        length=cfg.n_layers,
+        unroll=1 if cfg.scan_layers else cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, self.shard, deterministic, name="layers")
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
+               cache: Optional[KVCache] = None, deterministic: bool = True):
+    cfg = self.cfg
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+    dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
+    segment_ids = segment_ids.astype(jnp.int32)
+    embed = declare(self, "embed", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                    nn.initializers.normal(cfg.init_std), pdt)
+    x = jnp.take(embed, tokens, axis=0).astype(dt)
+    if cfg.learned_positions:
+      pos_table = declare(self, "pos_embed", (cfg.max_seq_len, cfg.d_model), (None, "embed"),
+                          nn.initializers.normal(cfg.init_std / 2), pdt)
+      x = x + jnp.take(pos_table, positions, axis=0).astype(dt)
+    x = constrain(self.shard, x, ("act_batch", "act_length", "act_embed"))
+
+    t = tokens.shape[1]
+    if cache is None:
+      mask = attention_mask(segment_ids, segment_ids, jnp.arange(t))
+      layer_caches, cache_index = None, None
+    else:
+      k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
+      mask = attention_mask(segment_ids, k_segments, cache.index + jnp.arange(t))
+      layer_caches, cache_index = (cache.k, cache.v), cache.index
+
+    x, new_layer_caches = self.setup_block_stack(deterministic)(
+        x, positions, mask, layer_caches, cache_index)
+    x = Norm(cfg, name="final_norm")(x)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k=new_layer_caches[0], v=new_layer_caches[1], segment_ids=k_segments,
+                          index=cache.index + t)
+
+    # Heads in float32: log-probabilities and scores must not inherit bf16 rounding.
+    xf = x.astype(jnp.float32)
+    if self.head == "lm":
+      if cfg.tie_embeddings:
+        w = embed.astype(jnp.float32).T
+      else:
+        w = declare(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                    nn.initializers.normal(cfg.init_std), pdt).astype(jnp.float32)
+      logits = jnp.dot(xf, w, precision=jax.lax.Precision.HIGHEST)
+      out = constrain(self.shard, logits, ("act_batch", "act_length", "act_vocab"))
+    else:
+      w = declare(self, "score_kernel", (cfg.d_model, 1), ("embed", None),
+                  nn.initializers.normal(cfg.init_std), pdt)
+      b = declare(self, "score_bias", (1,), (None,), nn.initializers.zeros, pdt)
+      out = (jnp.dot(xf, w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+             + b.astype(jnp.float32))[..., 0]
+    return out, new_cache
+
+
+def gather_at(values: Array, index: Array) -> Array:
+  """values [B, T, ...] read at index [B] (or [B, N]) along T -> [B, ...] (or [B, N, ...])."""
+  squeeze = index.ndim == 1
+  idx = index[:, None] if squeeze else index
+  idx = idx.reshape(idx.shape + (1,) * (values.ndim - 2))
+  out = jnp.take_along_axis(values, idx, axis=1)
+  return out[:, 0] if squeeze else out
+
+
+def last_token_index(segment_ids: Array) -> Array:
+  """Index of the last non-padding token of each row ([B, T] -> [B]); 0 for an empty row."""
+  t = segment_ids.shape[-1]
+  idx = jnp.where(segment_ids != 0, jnp.arange(t), -1).max(axis=-1)
+  return jnp.maximum(idx, 0)
