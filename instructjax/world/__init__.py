@@ -1,0 +1,25 @@
+"""InstructWorld: the small, fully specified world the instructjax recipe runs in.
+
+Prompts and gold answers (prompts), the gold judgement (correctness), labelers (labelers),
+demonstrators (demonstrator), comparisons (comparisons), the pretraining corpus (corpus),
+few-shot prompting (fewshot), held-out partition (partition), splits (splits), JSONL (export).
+"""
+from instructjax.world.comparisons import (
+    Comparison, K_RANGE, SampleResponses, policy_comparisons, static_comparisons)
+from instructjax.world.correctness import (
+    content, correctness, exact_match, has_courtesy_prefix, levenshtein)
+from instructjax.world.demonstrator import Demonstration, demonstrate, demonstrations
+from instructjax.world.edits import random_edits
+from instructjax.world.export import export_world, load_split, read_jsonl, write_jsonl
+from instructjax.world.fewshot import cut_response, cut_token_ids, draw_exemplars, few_shot_prompt
+from instructjax.world.labelers import (
+    GROUP_SHARES, rank_responses, ranking_log_probability, ranking_probability, sample_group,
+    sample_ranking, utility)
+from instructjax.world.lexicon import ALPHABET, COURTESY_PREFIX, LEXICON
+from instructjax.world.partition import is_heldout, sample_prompts
+from instructjax.world.prompts import (
+    FAMILIES, GROUPS, Instruction, condition_on_group, family_of, gold_answer, parse_prompt,
+    sample_instruction, sample_prompt, split_group)
+from instructjax.world.splits import (
+    SPLITS, WorldConfig, build_split, heldout_prompts, policy_comparisons_for, ppo_prompts,
+    pretrain_documents, pretrain_heldout_documents, rm_prompts, sft_demonstrations, sft_prompts)
