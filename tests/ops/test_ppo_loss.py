@@ -122,8 +122,9 @@ def test_value_loss_matches_numpy(eps):
   np.testing.assert_allclose(metrics["clip_fraction"], ref_clip, rtol=1e-6)
   if eps is not None:
     assert ref_clip > 0
-  grad = jax.grad(lambda v: ppo.value_loss(v, _poison(old, mask, np.inf), _poison(ret, mask),
-                                           mask, eps)[0])(jnp.asarray(_poison(values, mask)))
+  old_g, ret_g = _poison(old, mask, np.inf), _poison(ret, mask)
+  grad_fn = jax.jit(jax.grad(lambda v: ppo.value_loss(v, old_g, ret_g, mask, eps)[0]))
+  grad = grad_fn(jnp.asarray(_poison(values, mask)))
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~mask] == 0)
 
 
@@ -154,5 +155,5 @@ def test_entropy_bonus_matches_numpy_and_ignores_padding():
   poisoned[~mask] = np.nan
   fn = jax.jit(ppo.entropy_bonus)
   np.testing.assert_allclose(fn(poisoned, mask, 0.8), np.mean(ref), rtol=1e-5)
-  grad = jax.grad(lambda x: ppo.entropy_bonus(x, mask))(jnp.asarray(poisoned))
+  grad = jax.jit(jax.grad(lambda x: ppo.entropy_bonus(x, mask)))(jnp.asarray(poisoned))
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~mask] == 0)
