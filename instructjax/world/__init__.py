@@ -22,4 +22,5 @@ from instructjax.world.prompts import (
     sample_instruction, sample_prompt, split_group)
 from instructjax.world.splits import (
     SPLITS, WorldConfig, build_split, heldout_prompts, policy_comparisons_for, ppo_prompts,
-    pretrain_documents, pretrain_heldout_documents, rm_prompts, sft_demonstrations, sft_prompts)
+    pretrain_documents, pretrain_heldout_documents, rm_prompts, sft_demonstrations, sft_prompts,
+    static_comparisons_for)

@@ -5,6 +5,8 @@ Sources (spec): static (gold with 0-3 random edits, number of edits uniform, eac
 prefixed w.p. 0.5) or policy (samples of the SFT policy, plugged in as a callable). A response
 whose generation did not finish with EOS has correctness 0; `finished` keeps that per response.
 For the policy source, prompts are grouped by their K so the sampler is called once per K value.
+A static response whose text would be blank (possible when 3 deletes hit a 3-letter gold) is
+redrawn, because blank responses are not valid records in the data pipeline (free choice).
 """
 from __future__ import annotations
 
@@ -65,8 +67,12 @@ def sample_k(rng: np.random.Generator) -> int:
 
 
 def static_response(gold: str, rng: np.random.Generator) -> str:
-  body = random_edits(gold, int(rng.integers(0, MAX_STATIC_EDITS + 1)), rng)
-  return (COURTESY_PREFIX if rng.random() < P_PREFIX else "") + body
+  """Gold with 0-3 random edits (uniform), prefixed with `sure! ` w.p. 0.5; never blank."""
+  while True:
+    body = random_edits(gold, int(rng.integers(0, MAX_STATIC_EDITS + 1)), rng)
+    text = (COURTESY_PREFIX if rng.random() < P_PREFIX else "") + body
+    if text.strip():
+      return text
 
 
 def label(prompt: str, responses: Sequence[tuple[str, bool]],

@@ -94,7 +94,7 @@ def sft_demonstrations(config: WorldConfig) -> list[Demonstration]:
   return demonstrations(sft_prompts(config), split_rng(config, "sft_demonstrator"))
 
 
-def static_comparisons(config: WorldConfig) -> list[comparisons_lib.Comparison]:
+def static_comparisons_for(config: WorldConfig) -> list[comparisons_lib.Comparison]:
   return comparisons_lib.static_comparisons(rm_prompts(config), split_rng(config, "comparisons"))
 
 
@@ -122,7 +122,7 @@ def build_split(config: WorldConfig, name: str) -> list[Record]:
   if name == "rm_prompts":
     return rm_prompts(config)
   if name == "comparisons":
-    return static_comparisons(config) if config.comparison_source == "static" else []
+    return static_comparisons_for(config) if config.comparison_source == "static" else []
   if name == "ppo":
     return ppo_prompts(config)
   if name == "heldout":
