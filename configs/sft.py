@@ -1,0 +1,28 @@
+"""Supervised fine-tuning on demonstrations (loss on response tokens and EOS only).
+
+  --config=configs/sft.py:tiny --config.init_from=runs/x/pretrain/model
+"""
+import ml_collections
+
+from instructjax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, variant="tiny", steps=0)
+  c = ml_collections.ConfigDict()
+  c.stage = "sft"
+  c.seed = 0
+  c.init_from = ""  # The pretrained model directory (required outside tests).
+  c.model = config_lib.model_config(a.variant)
+  c.mesh = config_lib.mesh_config()
+  if a.variant.startswith("tiny"):
+    c.data = config_lib.data_config(seq_len=64, pack=False, num_sft=3000, num_heldout=300)
+    c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 300, log_every=25,
+                                      eval_every=150, eval_batches=4, save_every=150)
+    c.optim = config_lib.optim_config(lr=1e-3, warmup_steps=30, weight_decay=0.0)
+  else:
+    c.data = config_lib.data_config(seq_len=1024, pack=False, source="jsonl")
+    c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 2000, log_every=25,
+                                      eval_every=250, eval_batches=16, save_every=500)
+    c.optim = config_lib.optim_config(lr=1e-5, warmup_steps=100, weight_decay=0.0)
+  return c
