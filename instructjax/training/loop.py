@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
-from tqdm.auto import tqdm
+from tqdm import tqdm  # Not tqdm.auto: its notebook bar crashes without ipywidgets.
 
 from instructjax.training import checkpointing
 from instructjax.training import hooks as hooks_lib
@@ -168,7 +168,12 @@ def run_loop(
   skipped_before = 0
   latest = ckpt.latest_step() if (ckpt is not None and resume) else None
   if latest is not None:
-    restored = ckpt.restore(latest, target=state, data_iter=data_iter if can_save_iter else None)
+    try:
+      restored = ckpt.restore(latest, target=state,
+                              data_iter=data_iter if can_save_iter else None)
+    except BaseException:
+      ckpt.close()
+      raise
     if restored.data_iter_state is not None and not can_save_iter:
       _log.warning("checkpoint %d has a data iterator state but the iterator has no set_state(); "
                    "the resumed run will not see the same batches", latest)

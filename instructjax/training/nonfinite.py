@@ -93,6 +93,7 @@ def _code(x: jax.Array) -> jax.Array:
 @jax.jit
 def _update(tracker: dict[str, jax.Array], watched: tuple[jax.Array, ...], skipped: jax.Array,
             step: jax.Array) -> dict[str, jax.Array]:
+  skipped = jnp.asarray(skipped)
   codes = jnp.stack([_code(x) for x in watched]) if watched else jnp.zeros((0,), jnp.int32)
   first_bad = (tracker["first_step"] < 0) & jnp.any(codes != _FINITE)
   return {
@@ -122,9 +123,10 @@ class NonfiniteTracker:
       self._state = {"first_step": jnp.int32(-1),
                      "codes": jnp.zeros((len(self.keys),), jnp.int32),
                      "skipped": jnp.int32(self._initial_skipped)}
+      self._no_skip = jnp.int32(0)  # Reused: no host->device transfer per step.
     watched = tuple(metrics[k] for k in self.keys)
-    skipped = metrics.get(SKIPPED, np.int32(0))
-    self._state = _update(self._state, watched, jnp.asarray(skipped), np.int32(step))
+    skipped = metrics.get(SKIPPED, self._no_skip)
+    self._state = _update(self._state, watched, skipped, np.int32(step))
 
   def fetch(self) -> tuple[int, dict[str, str], int]:
     """(first bad step or -1, {metric: 'nan'|'inf'|'-inf'} at that step, skipped total)."""
