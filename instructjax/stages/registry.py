@@ -9,6 +9,8 @@ from instructjax.models.config import ConfigError
 STAGES = {
     "pretrain": "instructjax.stages.lm_driver",
     "sft": "instructjax.stages.lm_driver",
+    "rm": "instructjax.stages.rm_driver",
+    "ppo": "instructjax.stages.ppo_driver",
 }
 
 
