@@ -316,10 +316,11 @@ def _metric_getter(name: str, mode: str):
 
 
 def _config_to_dict(model_config: Any) -> dict[str, Any]:
+  # A class's own to_dict (ModelConfig, ml_collections.ConfigDict) wins over the generic asdict.
+  if hasattr(model_config, "to_dict"):
+    return model_config.to_dict()
   if dataclasses.is_dataclass(model_config) and not isinstance(model_config, type):
     return dataclasses.asdict(model_config)
-  if hasattr(model_config, "to_dict"):  # ml_collections.ConfigDict
-    return model_config.to_dict()
   if isinstance(model_config, Mapping):
     return dict(model_config)
   raise TypeError(f"model_config must be a dataclass, ConfigDict or mapping, got "
