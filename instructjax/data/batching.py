@@ -1,6 +1,6 @@
 """Host-side numpy rows and batches in the model's batch contract.
 
-LM / SFT / pretraining batch (from `lm_row`, or from packing, then `collate`):
+LM / SFT / pretraining batch (`lm_document`s, packed or not, then `lm_batch`):
   tokens      int32 [B, T]  token ids, PAD after the last document of a row
   positions   int32 [B, T]  position within its own document, from 0; 0 on padding
   segment_ids int32 [B, T]  0 = padding, 1, 2, ... = which packed document of the row
@@ -32,41 +32,55 @@ import numpy as np
 Row = dict[str, np.ndarray]
 
 
-def lm_document(ids: np.ndarray, loss_start: int, pad_id: int) -> Row:
-  """One document's unpadded arrays: tokens, targets, loss_mask, all [L]."""
+def lm_document(ids: np.ndarray, loss_start: int) -> np.ndarray:
+  """One document as int32 [L, 2]: column 0 the tokens, column 1 = 1 where the loss counts.
+
+  Tokens and loss flags travel together as one feature, so packing handles a single array;
+  targets are derived per batch by `lm_batch` (cheaper than packing them too).
+  """
   n = len(ids)
-  targets = np.full((n,), pad_id, np.int32)
-  targets[:-1] = ids[1:]
-  loss_mask = np.zeros((n,), bool)
-  loss_mask[loss_start:n - 1] = True  # The last position's target is outside the document.
-  return {"tokens": np.asarray(ids, np.int32), "targets": targets, "loss_mask": loss_mask}
-
-
-def lm_row(doc: Row, seq_len: int, pad_id: int) -> Row:
-  """One document right-padded to a row of length T (the unpacked mode)."""
-  n = len(doc["tokens"])
-  row = empty_lm_row(seq_len, pad_id)
-  row["tokens"][:n] = doc["tokens"]
-  row["targets"][:n] = doc["targets"]
-  row["loss_mask"][:n] = doc["loss_mask"]
-  row["segment_ids"][:n] = 1
-  row["positions"][:n] = np.arange(n, dtype=np.int32)
-  return row
-
-
-def empty_lm_row(seq_len: int, pad_id: int) -> Row:
-  return {"tokens": np.full((seq_len,), pad_id, np.int32),
-          "positions": np.zeros((seq_len,), np.int32),
-          "segment_ids": np.zeros((seq_len,), np.int32),
-          "targets": np.full((seq_len,), pad_id, np.int32),
-          "loss_mask": np.zeros((seq_len,), bool)}
+  doc = np.zeros((n, 2), np.int32)
+  doc[:, 0] = ids
+  doc[loss_start:n - 1, 1] = 1  # The last position's target is outside the document.
+  return doc
 
 
 def from_grain_packed(row: dict[str, Any]) -> Row:
-  """Renames grain's packing outputs (tokens_segment_ids, tokens_positions) to the contract."""
-  return {"tokens": row["tokens"], "positions": row["tokens_positions"],
-          "segment_ids": row["tokens_segment_ids"], "targets": row["targets"],
-          "loss_mask": row["loss_mask"].astype(bool)}
+  """Renames grain's packing outputs (seq_segment_ids, seq_positions) to the contract's."""
+  return {"seq": row["seq"], "segment_ids": row["seq_segment_ids"],
+          "positions": row["seq_positions"]}
+
+
+def lm_batch(rows: Sequence[Row], batch_size: int, seq_len: int, pad_id: int) -> Row:
+  """Stacks rows into the LM batch, deriving targets and loss_mask.
+
+  A row is either packed ({"seq": [T, 2], "segment_ids": [T], "positions": [T]}) or a single
+  document ({"seq": [L, 2]}), which becomes one right-padded row (the unpacked mode). A short
+  final batch is filled with all-padding rows.
+  """
+  rows = list(rows)
+  if len(rows) > batch_size:
+    raise ValueError(f"{len(rows)} rows for a batch of {batch_size}")
+  seq = np.zeros((batch_size, seq_len, 2), np.int32)
+  seq[..., 0] = pad_id
+  segment_ids = np.zeros((batch_size, seq_len), np.int32)
+  positions = np.zeros((batch_size, seq_len), np.int32)
+  for b, row in enumerate(rows):
+    if "segment_ids" in row:
+      seq[b], segment_ids[b], positions[b] = row["seq"], row["segment_ids"], row["positions"]
+    else:
+      n = len(row["seq"])
+      seq[b, :n], segment_ids[b, :n], positions[b, :n] = row["seq"], 1, np.arange(n)
+  real = segment_ids > 0
+  tokens = np.where(real, seq[..., 0], pad_id).astype(np.int32)
+  # targets[t] = tokens[t + 1] while t + 1 is in the same document, else PAD.
+  same_doc = real[:, :-1] & (segment_ids[:, 1:] == segment_ids[:, :-1])
+  targets = np.full((batch_size, seq_len), pad_id, np.int32)
+  targets[:, :-1] = np.where(same_doc, tokens[:, 1:], pad_id)
+  loss_mask = np.zeros((batch_size, seq_len), bool)
+  loss_mask[:, :-1] = same_doc & (seq[:, :-1, 1] == 1)
+  return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids,
+          "targets": targets, "loss_mask": loss_mask}
 
 
 def comparison_row(seqs: Sequence[np.ndarray], k_max: int, seq_len: int, pad_id: int,

@@ -139,13 +139,8 @@ def _read_options(read_threads: int) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads, 1))
 
 
-def _lm_document(ex: dict[str, Any], pad_id: int) -> dict[str, np.ndarray]:
-  return batching.lm_document(ex["ids"], ex["loss_start"], pad_id)
-
-
-def _lm_row(ex: dict[str, Any], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-  return batching.lm_row(batching.lm_document(ex["ids"], ex["loss_start"], pad_id), seq_len,
-                         pad_id)
+def _lm_document(ex: dict[str, Any]) -> dict[str, np.ndarray]:
+  return {"seq": batching.lm_document(ex["ids"], ex["loss_start"])}
 
 
 def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: int, seed: int,
@@ -201,21 +196,16 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
   pad = tokenizer.pad_id
   ds = index_dataset(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count)
+  it_ds = ds.map(_lm_document).to_iter_dataset(_read_options(read_threads))
   if pack:
-    it_ds = ds.map(functools.partial(_lm_document, pad_id=pad)).to_iter_dataset(
-        _read_options(read_threads))
-    lengths = {"tokens": seq_len, "targets": seq_len, "loss_mask": seq_len}
     it_ds = grain.experimental.FirstFitPackIterDataset(
-        it_ds, length_struct=lengths, num_packing_bins=packing_bins or batch_size, seed=seed,
-        shuffle_bins=False, padding_struct={"tokens": pad, "targets": pad, "loss_mask": False})
+        it_ds, length_struct={"seq": seq_len}, num_packing_bins=packing_bins or batch_size,
+        seed=seed, shuffle_bins=False, padding_struct={"seq": pad})
     it_ds = it_ds.map(batching.from_grain_packed)
-  else:
-    it_ds = ds.map(functools.partial(_lm_row, seq_len=seq_len, pad_id=pad)).to_iter_dataset(
-        _read_options(read_threads))
-  empty = functools.partial(batching.empty_lm_row, seq_len, pad)
+  # Unpacked: lm_batch right-pads each document into its own row.
   it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder,
-                      batch_fn=functools.partial(batching.collate, batch_size=batch_size,
-                                                 empty_row=empty))
+                      batch_fn=functools.partial(batching.lm_batch, batch_size=batch_size,
+                                                 seq_len=seq_len, pad_id=pad))
   fingerprint = _fingerprint(examples, "lm", mode=mode, pack=pack, seed=seed, shuffle=shuffle,
                              num_epochs=num_epochs, batch_size=batch_size, seq_len=seq_len,
                              shard_index=shard_index, shard_count=shard_count,
