@@ -71,7 +71,7 @@ def _check_row(row, sft):
   return docs
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pairs=st.lists(st.tuples(text, text), min_size=1, max_size=10),
        seq_len=st.integers(6, 40), batch_size=st.integers(1, 4), pack=st.booleans(),
        bos=st.booleans(), shuffle=st.booleans(), seed=st.integers(0, 2**31))
@@ -91,7 +91,7 @@ def test_sft_batches_keep_every_document_and_mask_only_responses(pairs, seq_len,
   assert got == want
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(text, min_size=1, max_size=10), seq_len=st.integers(4, 24),
        batch_size=st.integers(1, 3), pack=st.booleans(), bos=st.booleans(),
        seed=st.integers(0, 2**31))

@@ -57,3 +57,39 @@ def test_tfds_by_name_and_data_dir(tmp_path):
   assert next(it)["tokens"].shape == (3, 2, 24)
   with pytest.raises(Exception, match="tfds:no_such_dataset/train"):
     load_tfds("no_such_dataset", split="train", data_dir=tmp_path)
+
+
+class _FakeDatasets:
+  """Stands in for the HF `datasets` module (not installed here) to test the glue around it."""
+
+  class DatasetDict(dict):
+    pass
+
+  def __init__(self):
+    self.calls = []
+
+  def load_dataset(self, builder, data_files, split):
+    self.calls.append((builder, data_files, split))
+    return [{"prompt": "p", "response": "r"}]
+
+  def load_from_disk(self, path):
+    self.calls.append(("disk", path))
+    return self.DatasetDict(train=[{"text": "t"}])
+
+
+def test_hf_local_files_and_saved_datasets(monkeypatch, tmp_path):
+  fake = _FakeDatasets()
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  path = tmp_path / "sft.jsonl"
+  path.write_text("{}\n")
+  records = load_hf_local(path)
+  assert records == [{"prompt": "p", "response": "r"}] and records.name == f"hf:{path}"
+  assert fake.calls[-1] == ("json", {"train": str(path)}, "train")
+  saved = tmp_path / "saved"
+  saved.mkdir()
+  assert load_hf_local(saved) == [{"text": "t"}]
+  with pytest.raises(FileNotFoundError, match="no such local path"):
+    load_hf_local(tmp_path / "missing.jsonl")
+  (tmp_path / "x.txt").write_text("")
+  with pytest.raises(ValueError, match="cannot tell the format"):
+    load_hf_local(tmp_path / "x.txt")
