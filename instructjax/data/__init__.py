@@ -22,3 +22,11 @@ from instructjax.data.pipeline import (BatchIterator, make_comparison_iterator,
                                        state_to_json)
 from instructjax.data.schemas import Comparison, Demonstration, PromptRecord, TextDocument
 from instructjax.data.sources import RecordList, load_hf_local, load_tfds
+
+__all__ = [
+    "ADAPTERS", "BatchIterator", "Comparison", "DataError", "DataReport", "Demonstration",
+    "EncodeConfig", "PromptRecord", "RecordList", "TextDocument", "alpaca", "anthropic_hh",
+    "load_hf_local", "load_records", "load_tfds", "log_report", "make_comparison_iterator",
+    "make_lm_iterator", "make_prompt_iterator", "state_from_json", "state_to_json",
+    "tldr_comparison",
+]
