@@ -1,0 +1,107 @@
+"""Hugging Face tokenizers behind instructjax's Tokenizer protocol (local files only).
+
+PAD policy: instructjax needs a PAD distinct from EOS (EOS ends a response and is learned; PAD
+is masked out). Tokenizers without a PAD (GPT-2, Llama 3) or whose PAD is their EOS (Qwen2 base)
+get a new special token `<|pad|>` appended to the vocabulary; the model importer grows the
+embedding to match (new rows = mean embedding, see `instructjax.hf.weights.grow_vocab`). The
+tokenizer is saved with the added token, so a re-import finds it and changes nothing.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+PAD_TOKEN = "<|pad|>"
+
+
+class HFTokenizer:
+  """Wraps a transformers fast tokenizer.
+
+  Attributes:
+    vocab_size: len(tokenizer), i.e. including added tokens (the model vocab must cover it).
+    pad_id, eos_id: always set, pad_id != eos_id.
+    bos_id: None for tokenizers without BOS (Qwen2); `encode(add_bos=True)` then raises.
+    added_pad: True when `<|pad|>` was added by this wrapper.
+  """
+
+  def __init__(self, tokenizer: Any, *, add_pad: bool = True, where: str = "tokenizer"):
+    self.hf = tokenizer
+    if tokenizer.eos_token_id is None:
+      raise ValueError(f"{where}: the tokenizer has no eos_token; instructjax needs one to end "
+                       "responses (set tokenizer.eos_token and save it again)")
+    self.added_pad = False
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+      if not add_pad:
+        raise ValueError(f"{where}: no PAD distinct from EOS and add_pad=False")
+      tokenizer.add_special_tokens({"pad_token": _unused_token(tokenizer, PAD_TOKEN)})
+      self.added_pad = True
+    self.pad_id = int(tokenizer.pad_token_id)
+    self.eos_id = int(tokenizer.eos_token_id)
+    self.bos_id: Optional[int] = (None if tokenizer.bos_token_id is None
+                                  else int(tokenizer.bos_token_id))
+    self.vocab_size = len(tokenizer)
+    assert self.pad_id != self.eos_id
+
+  @classmethod
+  def from_pretrained(cls, path: str, add_pad: bool = True) -> "HFTokenizer":
+    """Loads the tokenizer files in the local directory `path`; never downloads or runs code."""
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"{path} is not a local directory with tokenizer files")
+    from transformers import AutoTokenizer  # Optional dependency: instructjax[hf].
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if not getattr(tok, "is_fast", False):
+      raise ValueError(f"{path}: {type(tok).__name__} is a slow tokenizer; instructjax needs a "
+                       "fast (tokenizers-backed) one, i.e. a tokenizer.json")
+    return cls(tok, add_pad=add_pad, where=path)
+
+  # --- Tokenizer protocol
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    """Token ids of `text` without the tokenizer's own special tokens; BOS only if asked."""
+    ids = list(self.hf.encode(text, add_special_tokens=False))
+    if add_bos:
+      if self.bos_id is None:
+        raise ValueError("add_bos=True but this tokenizer has no BOS token")
+      ids = [self.bos_id] + ids
+    return ids
+
+  def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+    return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+  def save(self, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    self.hf.save_pretrained(directory)
+
+  # --- chat
+
+  @property
+  def has_chat_template(self) -> bool:
+    return bool(getattr(self.hf, "chat_template", None))
+
+  def render_chat(self, messages: Sequence[Mapping[str, str]],
+                  add_generation_prompt: bool = True) -> str:
+    """The chat template applied to `messages`, as text (special tokens written out)."""
+    if not self.has_chat_template:
+      raise ValueError("this tokenizer has no chat template")
+    return self.hf.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+
+  def apply_chat_template(self, messages: Sequence[Mapping[str, str]],
+                          add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of the rendered chat; the template itself places BOS and role markers."""
+    return list(self.hf.encode(self.render_chat(messages, add_generation_prompt),
+                               add_special_tokens=False))
+
+  def __repr__(self) -> str:
+    return (f"HFTokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size}, "
+            f"pad_id={self.pad_id}, bos_id={self.bos_id}, eos_id={self.eos_id})")
+
+
+def _unused_token(tokenizer: Any, base: str) -> str:
+  """`base`, or `base` with a suffix if the vocabulary already uses it for something else."""
+  vocab = tokenizer.get_vocab()
+  name, i = base, 0
+  while name in vocab:
+    i += 1
+    name = f"{base[:-2]}_{i}|>"
+  return name
