@@ -2,7 +2,8 @@
 
 Record formats by kind: demonstrations {"prompt","response"}; comparisons {"prompt","responses",
 "ranking","group"} (plus "finished" only when some response did not finish); prompts {"prompt"};
-pretraining {"text"} (a document without EOS).
+texts {"text"} (a pretraining document without EOS). Kinds are the data layer's
+(`instructjax.data.load_records(path, SPLITS[split])` validates an exported split).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def to_json(kind: str, record: Record) -> dict:
     return record.to_json()
   if kind == "prompts":
     return {"prompt": record}
-  if kind == "pretraining":
+  if kind == "texts":
     return {"text": record}
   raise ValueError(f"unknown record kind {kind!r}")
 
@@ -32,7 +33,7 @@ def from_json(kind: str, d: dict) -> Record:
     return Comparison.from_json(d)
   if kind == "prompts":
     return d["prompt"]
-  if kind == "pretraining":
+  if kind == "texts":
     return d["text"]
   raise ValueError(f"unknown record kind {kind!r}")
 

@@ -3,7 +3,7 @@
 Splits and their record kinds:
   sft (demonstrations), rm_prompts (prompts), comparisons (comparisons; static source only, the
   policy source builds them later with `policy_comparisons_for`), ppo (prompts), heldout (prompts),
-  pretrain and pretrain_heldout (pretraining documents, without EOS).
+  pretrain and pretrain_heldout (texts: pretraining documents, without EOS).
 Each split draws from its own random stream, seeded by (config.seed, hash of the split name), so
 changing one split's size leaves the others unchanged. Training prompts come from the training
 partition and held-out prompts from the held-out partition (see partition.py); held-out prompts
@@ -33,8 +33,8 @@ SPLITS: dict[str, str] = {
     "comparisons": "comparisons",
     "ppo": "prompts",
     "heldout": "prompts",
-    "pretrain": "pretraining",
-    "pretrain_heldout": "pretraining",
+    "pretrain": "texts",
+    "pretrain_heldout": "texts",
 }
 TRAIN_PROMPT_SPLITS = ("sft", "rm_prompts", "ppo")
 
