@@ -2,7 +2,15 @@
 
 Prompts and gold answers (prompts), the gold judgement (correctness), labelers (labelers),
 demonstrators (demonstrator), comparisons (comparisons), the pretraining corpus (corpus),
-few-shot prompting (fewshot), held-out partition (partition), splits (splits), JSONL (export).
+few-shot prompting (fewshot), held-out partition (partition), splits (splits), JSONL (export);
+the TFDS builder lives in instructjax.data.tfds_world. Everything is deterministic for a seed.
+
+    cfg = WorldConfig(seed=0)
+    demos = sft_demonstrations(cfg)            # [Demonstration(prompt, response)]
+    comps = static_comparisons_for(cfg)        # [Comparison(prompt, responses, ranking, group)]
+    evals = heldout_prompts(cfg)               # never in a training split
+    c = correctness(text, finished, gold_answer(prompt))
+    export_world(cfg, "out/world")             # out/world/<split>.jsonl
 """
 from instructjax.world.comparisons import (
     Comparison, K_RANGE, SampleResponses, policy_comparisons, static_comparisons)

@@ -7,6 +7,7 @@ import pytest
 
 from instructjax.tokenizers import CharTokenizer
 from instructjax.world import export, partition, prompts, splits
+from instructjax.world.lexicon import LEXICON
 from instructjax.world.splits import SPLITS, WorldConfig
 from tests.world.stats import assert_distribution
 
@@ -49,7 +50,7 @@ def test_heldout_prompts_never_in_training(world):
 
 def test_heldout_partition_size():
   # About 10% of the prompt space; every family, even repeat's 192 prompts, has held-out ones.
-  repeat = [f"repeat {k}: {w}\n" for k in (2, 3, 4) for w in prompts.LEXICON_SET]
+  repeat = [f"repeat {k}: {w}\n" for k in (2, 3, 4) for w in LEXICON]
   n = sum(partition.is_heldout(p) for p in repeat)
   assert 5 <= n <= 40
   rng = np.random.default_rng(0)
