@@ -26,7 +26,9 @@ setup(
         # torch is pinned by the Makefile to the local CPU wheel before this extra is installed;
         # a range that admits it then installs nothing more.
         "hf": ["transformers>=4.45", "torch>=2.1"],
-        "tfds": ["tensorflow-datasets>=4.9.6", "array-record>=0.5"],
+        # TFDS builds and reads array_record without TensorFlow; tfds imports
+        # importlib_resources without declaring it.
+        "tfds": ["tensorflow-datasets>=4.9.6", "array-record>=0.5", "importlib_resources"],
         "datasets": ["datasets>=2.19"],
         "dev": [
             "transformers>=4.45",
@@ -37,6 +39,9 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "tensorflow-datasets>=4.9.6",
+            "array-record>=0.5",
+            "importlib_resources",
         ],
     },
 )

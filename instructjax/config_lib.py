@@ -39,12 +39,14 @@ def optim_config(lr: float = 1e-3, warmup_steps: int = 50, decay: str = "cosine"
 
 def train_config(batch_size: int, num_steps: int, log_every: int = 10, eval_every: int = 100,
                  eval_batches: int = 4, save_every: int = 200, max_to_keep: int = 2,
-                 keep_best_metric: str = "", on_nonfinite: str = "raise"
-                 ) -> ml_collections.ConfigDict:
+                 keep_best_metric: str = "", on_nonfinite: str = "raise",
+                 stop_after: int = 0) -> ml_collections.ConfigDict:
+  """stop_after > 0 ends this invocation at that step (time-sliced or preemptible jobs); the
+  learning-rate schedule still follows num_steps, and re-running resumes."""
   return ml_collections.ConfigDict(dict(
       batch_size=batch_size, num_steps=num_steps, log_every=log_every, eval_every=eval_every,
       eval_batches=eval_batches, save_every=save_every, max_to_keep=max_to_keep,
-      keep_best_metric=keep_best_metric, on_nonfinite=on_nonfinite))
+      keep_best_metric=keep_best_metric, on_nonfinite=on_nonfinite, stop_after=stop_after))
 
 
 def to_model_config(model_cfg, prefix: str = "model") -> ModelConfig:
@@ -93,6 +95,8 @@ def validate_common(config, num_devices: int, model_prefixes=("model",)) -> tupl
   if config.train.on_nonfinite not in ("raise", "skip"):
     raise ConfigError(f"config.train.on_nonfinite: {config.train.on_nonfinite!r} is not "
                       "'raise' or 'skip'")
+  if config.train.stop_after < 0:
+    raise ConfigError(f"config.train.stop_after: must be >= 0, got {config.train.stop_after}")
   for key in ("num_steps", "log_every", "eval_every", "save_every"):
     if config.train[key] <= 0:
       raise ConfigError(f"config.train.{key}: must be positive, got {config.train[key]}")

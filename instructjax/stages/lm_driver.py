@@ -51,6 +51,12 @@ def resolve_start(config, head: str = "lm"):
   return model_cfg, tokenizer, None
 
 
+def loop_steps(config) -> int:
+  """Where this invocation stops: num_steps, or earlier with train.stop_after."""
+  stop = config.train.stop_after
+  return min(stop, config.train.num_steps) if stop else config.train.num_steps
+
+
 def sharding_context(config) -> ShardingContext:
   return ShardingContext(mesh_from_config(config.mesh), get_rules(config.mesh.rules))
 
@@ -111,7 +117,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   best = config.train.keep_best_metric or None
   state, summary = run_loop(
       step_fn, state, DeviceIterator(host_iter, ctx, LM_KEYS), jax.random.fold_in(rng, 2),
-      num_steps=config.train.num_steps, workdir=workdir, log_every=config.train.log_every,
+      num_steps=loop_steps(config), workdir=workdir, log_every=config.train.log_every,
       eval_every=config.train.eval_every, eval_fn=make_evaluator(model, eval_batches),
       save_every=config.train.save_every,
       checkpoint=CheckpointConfig(max_to_keep=config.train.max_to_keep, best_metric=best),

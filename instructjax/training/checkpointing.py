@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import logging
 from typing import Any, Mapping
 
@@ -347,7 +348,7 @@ def write_checkpoint_assets(directory: str, *, model_config: Any = None,
       _log.warning("%s differs from the model config of this run; overwriting", path)
     tmp = root / (MODEL_CONFIG_FILE + ".tmp")
     tmp.write_text(text + "\n")
-    tmp.rename(path)  # Atomic on POSIX: readers never see half a config.
+    os.replace(tmp, path)  # Atomic on POSIX, and overwrites on resume.
   if tokenizer is not None:
     tokenizer.save(str(root / TOKENIZER_DIR))
 
