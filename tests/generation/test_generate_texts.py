@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from instructjax.generation import SamplingConfig, bucket_length, generate_texts, left_pad, make_sampler
+from instructjax.generation import (SamplingConfig, bucket_length, generate_texts, left_pad,
+                                    make_sampler)
 from instructjax.tokenizers import CharTokenizer
 
 SET_A = ["abc", "hello there", "x", "what is 2", "zz top"]  # 1..11 chars: bucket 16.
