@@ -268,17 +268,19 @@ def _load_training_checkpoint(path: str, step: Optional[int]) -> LM:
   cfg = ModelConfig.from_dict(record, where=os.path.join(path, "model_config.json"))
   state_path = os.path.join(os.path.abspath(path), str(step), "state")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(state_path)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
     if not isinstance(tree, Mapping) or "params" not in tree:
       raise ValueError(f"{state_path}: the train state has no 'params' entry "
                        f"(top-level keys: {list(tree) if isinstance(tree, Mapping) else tree})")
-    # Restore only the parameters; the optimizer state is never materialised.
-    target = {k: (jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                               v) if k == "params" else None) for k, v in tree.items()}
-    restored = ckptr.restore(state_path, target)
+    # Restore only the parameters (a partial restore): the optimizer state is never read.
+    target = {"params": jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree["params"])}
+    restored = ckptr.restore(state_path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
   params = restored["params"]
   if head is None:
     head = "scalar" if "score_kernel" in params else "lm"

@@ -26,6 +26,7 @@ SENTENCES = [
     "the cat sat on the mat.", "a dog ran to the park!", "hello world, how are you?",
     "reward models score responses.", "what is two plus two? four.", "user: hi assistant: hello",
     "the quick brown fox jumps over the lazy dog", "tell me a story about a cat and a dog",
+    "user\nhello\nassistant\nhi there\n",
 ]
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
