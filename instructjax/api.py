@@ -176,6 +176,8 @@ class LM:
 
     Sequences are built as in training (instructjax.data.encode): [BOS] + prompt + response +
     EOS, prompt and response tokenized separately, so the score is read at EOS by default.
+    Imported HF reward models whose pad_token_id equals their EOS were scored by transformers
+    at the last token before trailing EOS; pass add_eos=False to reproduce that convention.
     """
     if self.head != "scalar":
       raise ValueError("score needs a scalar head (a reward model); this is a language model")

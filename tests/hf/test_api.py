@@ -116,3 +116,14 @@ def test_export_of_scalar_model_without_pad_is_refused(llama, tmp_path):
   rm = instructjax.LM(llama.config, random_params(llama.config, "scalar"), head="scalar")
   with pytest.raises(HFConversionError, match="pad_token_id"):
     rm.to_hf(str(tmp_path / "rm"))
+
+
+def test_generate_reports_finished_when_eos_is_sampled(hf_dirs):
+  """All-zero output weights: greedy picks id 0, which is EOS for this tokenizer."""
+  lm = instructjax.from_hf(hf_dirs["qwen2"])
+  assert lm.tokenizer.eos_id == 0
+  params = dict(lm.params, lm_head=jnp.zeros_like(lm.params["lm_head"]))
+  stops = instructjax.LM(lm.config, params, lm.tokenizer)
+  assert stops.generate(["the cat", "a dog ran"], max_new_tokens=5, temperature=0.0) == [
+      {"prompt": "the cat", "response": "", "finished": True},
+      {"prompt": "a dog ran", "response": "", "finished": True}]
