@@ -19,17 +19,22 @@ from typing import Any
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Model directory (instructjax or Hugging Face).")
-flags.DEFINE_string("prompts", None, "Input JSONL, one {\"prompt\": ...} per line.")
-flags.DEFINE_string("output", None, "Output JSONL.")
-flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
-flags.DEFINE_integer("max_new_tokens", 64, "Most response tokens (EOS included).")
-flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = off.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1.0 = off.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
-flags.DEFINE_bool("chat", False, "Wrap each prompt as a user message of the chat template.")
-flags.DEFINE_bool("add_bos", False, "Prepend BOS to each prompt (match the training data).")
+
+
+def define_flags() -> None:
+  """Defined when run as a script only: importing `read_prompts` / `run` (tests, notebooks)
+  then cannot clash with same-named flags of other scripts (evaluate.py) in one process."""
+  flags.DEFINE_string("checkpoint", None, "Model directory (instructjax or Hugging Face).")
+  flags.DEFINE_string("prompts", None, "Input JSONL, one {\"prompt\": ...} per line.")
+  flags.DEFINE_string("output", None, "Output JSONL.")
+  flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
+  flags.DEFINE_integer("max_new_tokens", 64, "Most response tokens (EOS included).")
+  flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 = off.")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1.0 = off.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("batch_size", 32, "Prompts per sampler call.")
+  flags.DEFINE_bool("chat", False, "Wrap each prompt as a user message of the chat template.")
+  flags.DEFINE_bool("add_bos", False, "Prepend BOS to each prompt (match the training data).")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -99,4 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
