@@ -86,6 +86,9 @@ def head_from_hf(hf: Mapping[str, Any], where: str) -> str:
 def _rope_fields(hf: Mapping[str, Any], where: str) -> dict[str, Any]:
   """ModelConfig rope fields from either config layout; only default and llama3 rope."""
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  if any(isinstance(v, Mapping) for v in params.values()):
+    raise HFConversionError(f"{where}: per-layer-type rope parameters {sorted(params)} are not "
+                            "supported")
   theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
   rope_type = params.get("rope_type", params.get("type", "default"))
   partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))

@@ -97,6 +97,7 @@ def test_qwen2_sliding_window_refused_only_when_used():
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"attention_bias": True}, "attention_bias"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "default"}}}, "per-layer-type"),
     ({"num_key_value_heads": 3}, "n_kv_heads"),
 ])
 def test_unsupported_configs(change, match):
