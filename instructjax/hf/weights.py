@@ -61,10 +61,21 @@ def hf_to_params(cfg: ModelConfig, head: str, get: Callable[[str], np.ndarray], 
 
   d, h, hkv, dh, n = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim,
                       cfg.n_layers)
-  layers = [_gpt2_layer(read, f"{pre}h.{i}.", d, h, dh) if cfg.family == "gpt2"
-            else _llama_layer(read, f"{pre}layers.{i}.", cfg.family, d, h, hkv, dh)
-            for i in range(n)]
-  params: Params = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+  # Layer by layer into preallocated [L, ...] arrays: peak memory stays near one model copy.
+  stacked: dict[str, np.ndarray] = {}
+  for i in range(n):
+    try:
+      layer = (_gpt2_layer(read, f"{pre}h.{i}.", d, h, dh) if cfg.family == "gpt2"
+               else _llama_layer(read, f"{pre}layers.{i}.", cfg.family, d, h, hkv, dh))
+      for key, value in traverse_util.flatten_dict(layer, sep="/").items():
+        if i == 0:
+          stacked[key] = np.empty((n,) + value.shape, value.dtype)
+        stacked[key][i] = value
+    except ValueError as e:  # numpy reshape/broadcast: a tensor does not fit the config.
+      if isinstance(e, HFConversionError):
+        raise
+      raise HFConversionError(f"layer {i}: tensor shapes do not match config.json ({e})") from e
+  params: Params = {"layers": traverse_util.unflatten_dict(stacked, sep="/")}
   if cfg.family == "gpt2":
     params["embed"] = read(f"{pre}wte.weight")
     params["pos_embed"] = read(f"{pre}wpe.weight")

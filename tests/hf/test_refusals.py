@@ -124,6 +124,10 @@ def test_unexpected_or_missing_tensors(hf_dirs, tmp_path):
   with pytest.raises(HFConversionError, match="q_norm"):
     import_hf(d)
   assert import_hf(d, strict=False).config.family == "llama"
+  wrong = {**tensors, "model.layers.1.self_attn.k_proj.weight": np.ones((8, 48), np.float32)}
+  save_file(wrong, os.path.join(d, "model.safetensors"))
+  with pytest.raises(HFConversionError, match="layer 1: tensor shapes"):
+    import_hf(d)
   missing = {k: v for k, v in tensors.items() if "layers.2.mlp.up_proj" not in k}
   save_file(missing, os.path.join(d, "model.safetensors"))
   with pytest.raises(HFConversionError, match="layers.2.mlp.up_proj"):
