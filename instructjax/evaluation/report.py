@@ -131,6 +131,9 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     else:
       sub.bar(range(len(rows)), [0.0 if math.isnan(v) else v for v in values],
               color=[f"C{i}" for i in range(len(rows))])
+      for i, v in enumerate(values):
+        if math.isnan(v):  # Not computed for this row (e.g. no KL for the reference-less).
+          sub.text(i, 0.0, "n/a", ha="center", va="bottom", fontsize=7)
     sub.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
     sub.set_title(title)
   fig.tight_layout()
