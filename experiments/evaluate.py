@@ -2,7 +2,8 @@
 
 InstructWorld (results.md, results.json, comparison.png, curves.png in --output_dir):
   python experiments/evaluate.py --output_dir=runs/x/eval \
-      --models=base=runs/x/pretrain/model,sft=runs/x/sft/model,ppo=runs/x/ppo/model,ppo_ptx=runs/x/ppo_ptx/model \
+      --models=base=runs/x/pretrain/model,sft=runs/x/sft/model,ppo=runs/x/ppo/model,\
+ppo_ptx=runs/x/ppo_ptx/model \
       --reward_model=runs/x/rm/model --ppo_workdirs=ppo=runs/x/ppo,ppo_ptx=runs/x/ppo_ptx \
       [--num_prompts=200 --max_new_tokens=48 --temperature=0 --few_shot_k=2 --seed=0]
       [--group_conditioned] [--world_seed=0 --world_num_heldout=500 ...]

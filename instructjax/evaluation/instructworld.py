@@ -86,6 +86,13 @@ class EvalSettings:
   heldout_seq_len: Optional[int] = None
   num_samples: int = 5
 
+  def __post_init__(self):
+    for name in ("max_new_tokens", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"EvalSettings.{name} must be >= 1, got {getattr(self, name)}")
+    if self.few_shot_k < 0:
+      raise ValueError(f"EvalSettings.few_shot_k must be >= 0, got {self.few_shot_k}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -131,7 +138,8 @@ def few_shot_prompts(lm: LoadedModel, prompts: Sequence[str], k: int, seed: int,
   Exemplars are training-partition prompts drawn per query with one generator seeded by `seed`,
   so every model and condition sees the same exemplars for the same query. Where k exemplars do
   not fit `max_prompt_tokens`, the first ones are dropped until the prompt fits (the count used
-  is returned). Returns (prompts, shots used).
+  is returned). Exemplars are bare prompts with their gold answers even when the query is
+  group-conditioned: the spec's exemplar format has no group. Returns (prompts, shots used).
   """
   rng = np.random.default_rng(seed)
   out, shots = [], []
