@@ -1,0 +1,47 @@
+"""Reward model: the SFT model's trunk + a scalar head, trained on ranked comparisons.
+
+  --config=configs/rm.py:tiny --config.init_from=runs/x/sft/model
+  --config=configs/rm.py:tiny --config.data.world.comparison_source=policy   (SFT samples)
+  --config=configs/rm.py:gpt2-124m --config.data.train_path=cmp.jsonl --config.data.eval_path=...
+"""
+import ml_collections
+
+from instructjax import config_lib
+
+
+def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_samples: int = 256,
+                temperature: float = 1.0, max_new_tokens: int = 40,
+                sample_batch_size: int = 128) -> ml_collections.ConfigDict:
+  """Sampling the SFT policy (policy comparisons, normalisation) and the normalisation."""
+  return ml_collections.ConfigDict(dict(
+      normalize=normalize,  # "bias": SFT samples score 0 on average; "gain_bias": and std 1.
+      norm_prompts=norm_prompts,  # "train" (RM prompts) or "heldout" prompts for those samples.
+      norm_samples=norm_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+      sample_batch_size=sample_batch_size))
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, variant="tiny", steps=0)
+  c = ml_collections.ConfigDict()
+  c.stage = "rm"
+  c.seed = 0
+  c.init_from = ""  # The SFT model directory (required).
+  c.model = config_lib.model_config(a.variant)  # Only the runtime fields (dtype, remat...) count.
+  c.mesh = config_lib.mesh_config()
+  if a.variant.startswith("tiny"):
+    # The SFT tiny config's world sizes, so held-out prompts are filtered against the same splits.
+    c.data = config_lib.data_config(seq_len=80, pack=False, num_sft=3000, num_rm=1500,
+                                    num_heldout=300, comparison_source="static")
+    c.data.k_max = 9  # The world's largest K: one compiled shape whatever the batch holds.
+    c.train = config_lib.train_config(batch_size=16, num_steps=a.steps or 150, log_every=25,
+                                      eval_every=75, eval_batches=4, save_every=75)
+    c.optim = config_lib.optim_config(lr=3e-4, warmup_steps=15, weight_decay=0.0)
+    c.rm = rm_settings(max_new_tokens=40, sample_batch_size=128)
+  else:
+    c.data = config_lib.data_config(seq_len=1024, pack=False, source="jsonl")
+    c.data.k_max = 0  # 0: the largest K in the training data.
+    c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 2000, log_every=25,
+                                      eval_every=250, eval_batches=16, save_every=500)
+    c.optim = config_lib.optim_config(lr=9e-6, warmup_steps=100, weight_decay=0.0)
+    c.rm = rm_settings(max_new_tokens=256, sample_batch_size=32)
+  return c

@@ -1,0 +1,143 @@
+"""The reward-model step: a scalar head on the trunk, trained with the InstructGPT ranking loss.
+
+The batch contract (instructjax/data `make_comparison_iterator`): one batch element is one prompt
+with its K ranked responses, best first:
+  tokens, positions, segment_ids  int32 [B, K_max, T]  prompt + response_k + EOS, right padded
+  k_mask                          bool  [B, K_max]     which slots hold a response (K varies)
+  last_index                      int32 [B, K_max]     column of each slot's last real token
+The model sees the slots as B * K_max independent rows; a response's reward is the scalar head
+read at its last real token (the EOS), so it has attended to the whole prompt and response.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from instructjax.models import DecoderLM
+from instructjax.models.transformer import gather_at
+from instructjax.ops.reward_loss import pairwise_ranking_loss
+from instructjax.state import TrainState
+
+RM_KEYS = ("tokens", "positions", "segment_ids", "k_mask", "last_index")
+HEAD_PARAMS = ("score_kernel", "score_bias")  # The scalar head; everything else is the trunk.
+
+
+def rm_scores(model: DecoderLM, params, batch) -> jax.Array:
+  """Scores [B, K_max] float32 of every slot (padding slots hold whatever the model says)."""
+  b, k, t = batch["tokens"].shape
+  flat = lambda x: x.reshape(b * k, t)
+  # Always deterministic: dropout noise in the scores would leak into the ranking targets.
+  values, _ = model.apply({"params": params}, flat(batch["tokens"]), flat(batch["positions"]),
+                          flat(batch["segment_ids"]), deterministic=True)  # [B * K, T]
+  return gather_at(values, batch["last_index"].reshape(b * k)).reshape(b, k)
+
+
+def rm_loss(model: DecoderLM, params, batch) -> tuple[jax.Array, dict]:
+  """(ranking loss, metrics) of one comparison batch; metrics as `pairwise_ranking_loss`."""
+  return pairwise_ranking_loss(rm_scores(model, params, batch), batch["k_mask"])
+
+
+def make_rm_train_step(model: DecoderLM, tx: optax.GradientTransformation,
+                       schedule: Optional[optax.Schedule] = None) -> Callable:
+  """Returns the pure `step(state, batch, rng) -> (state, metrics)` (rng unused: no dropout).
+
+  Metrics: loss, accuracy (pairs ordered right, per-prompt mean), margin, reward_mean,
+  reward_std (over valid slots), num_pairs, grad_norm and lr (with `schedule`).
+  """
+  if model.head != "scalar":
+    raise ValueError(f"the reward model needs head='scalar', got {model.head!r}")
+
+  def step(state: TrainState, batch, rng):
+    del rng
+    (loss, m), grads = jax.value_and_grad(lambda p: rm_loss(model, p, batch),
+                                          has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": m["accuracy"], "margin": m["margin"],
+               "reward_mean": m["reward_mean"], "reward_std": m["reward_std"],
+               "num_pairs": m["num_pairs"], "grad_norm": optax.global_norm(grads)}
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def make_rm_eval_step(model: DecoderLM) -> Callable:
+  """Pure `eval(params, batch) -> {"loss", "num_prompts", "scores" [B, K_max]}`.
+
+  The loss is the mean over this batch's prompts that have pairs; weight it by num_prompts to
+  average over batches. Accuracies are computed on the host from `scores` (`pairwise_agreement`).
+  """
+  def evaluate(params, batch):
+    scores = rm_scores(model, params, batch)
+    loss, m = pairwise_ranking_loss(scores, batch["k_mask"])
+    return {"loss": loss, "num_prompts": m["num_prompts"], "scores": scores}
+  return evaluate
+
+
+def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray,
+                       tie_credit: float = 0.0) -> dict[str, float]:
+  """How often `scores` order the pairs of best-first slots as the slots are ordered.
+
+  Args:
+    scores: [N, K] a score per slot (higher = better); slot i is ranked above slot j if i < j.
+    k_mask: [N, K] bool, valid slots.
+    tie_credit: credit for a pair with equal scores (0: counted wrong, as in training metrics;
+      0.5: a coin flip, the fair value for a judge that cannot separate the two).
+
+  Returns:
+    pair_accuracy (over all pairs), prompt_accuracy (per-prompt mean, then mean over prompts
+    with a pair, the loss's weighting), num_pairs, num_prompts.
+  """
+  s = np.where(k_mask, np.asarray(scores, np.float64), 0.0)
+  k = s.shape[1]
+  upper = np.triu(np.ones((k, k), bool), 1)  # i < j: slot i is the better one.
+  pair = k_mask[:, :, None] & k_mask[:, None, :] & upper  # [N, K, K]
+  diff = s[:, :, None] - s[:, None, :]
+  credit = np.where(diff > 0, 1.0, np.where(diff == 0, tie_credit, 0.0))
+  per_prompt_pairs = pair.sum(axis=(1, 2))
+  has = per_prompt_pairs > 0
+  right = (credit * pair).sum(axis=(1, 2))
+  total = int(per_prompt_pairs.sum())
+  return {
+      "pair_accuracy": float(right.sum() / max(total, 1)),
+      "prompt_accuracy": float((right[has] / per_prompt_pairs[has]).mean()) if has.any() else 0.0,
+      "num_pairs": total,
+      "num_prompts": int(has.sum()),
+  }
+
+
+def rm_init_params(sft_params: dict, rm_abstract: dict) -> dict:
+  """The RM's initial parameters: the SFT trunk and a zero score head.
+
+  Args:
+    sft_params: the LM's parameters (with `lm_head` unless embeddings are tied).
+    rm_abstract: ShapeDtypeStructs of the scalar-head model's parameters.
+  """
+  out = {}
+  for name, spec in rm_abstract.items():
+    if name in HEAD_PARAMS:
+      out[name] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+      continue
+    if name not in sft_params:
+      raise ValueError(f"the LM has no parameter {name!r} for the RM trunk")
+    got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), sft_params[name])
+    want = jax.tree.map(lambda s: (tuple(s.shape), jnp.dtype(s.dtype)), spec)
+    if got != want:
+      raise ValueError(f"parameter {name!r} has shapes {got}, the RM expects {want}")
+    out[name] = sft_params[name]
+  return out
+
+
+def fold_normalization(params: dict, gain: float, bias: float) -> dict:
+  """Params whose scores are `gain * score + bias`: the affine map folded into the head."""
+  out = dict(params)
+  out["score_kernel"] = params["score_kernel"] * jnp.asarray(gain, params["score_kernel"].dtype)
+  out["score_bias"] = (params["score_bias"] * jnp.asarray(gain, params["score_bias"].dtype)
+                       + jnp.asarray(bias, params["score_bias"].dtype))
+  return out
