@@ -1,0 +1,505 @@
+"""PPO-ptx (InstructGPT): one pure function per phase, and one jitted iteration made of them.
+
+    iteration = make_ppo_iteration(cfg, policy_model, value_model, rm_model, policy_tx,
+                                   value_tx, sampling)
+    state, metrics = iteration(state, batch, rng)   # pure; jit it with the state donated
+
+An iteration is
+  1. rollout: the policy samples responses to a batch of left-padded prompts (KV-cache sampler,
+     stops at EOS); full forwards over prompt + response then give the policy's and the frozen
+     reference's log-probs of every response token AT THE SAMPLING TEMPERATURE (the tokens were
+     drawn from softmax(logits / T), so that is the distribution the ratio and the KL are about),
+     the value model's values and the reward model's score at the last real token;
+  2. rewards: -beta * KL per token plus the (optionally no-EOS-penalised) score on the last
+     response token; advantages by GAE over response tokens, whitened over the valid ones;
+  3. update: epochs x minibatches as nested lax.scans; per minibatch one clipped-surrogate step
+     of the policy (+ entropy bonus, + ptx_coef * LM loss on a pretraining minibatch, one
+     gradient) and one clipped value-loss step of the value model with its own optimizer;
+  4. the KL controller sees the rollout's KL; the optional policy EMA follows the new weights.
+
+Alignment: for a batch of width P (prompt) + N (response), response token t sits at column
+P + t and is predicted by the logits (and valued by the value head) at column P + t - 1.
+
+No dropout anywhere: every forward runs with deterministic=True whatever the model config
+says. Dropout would make the rollout's log-probs disagree with the update's at the same
+weights (the ratio would not start at 1), and the frozen models must score deterministically.
+
+Masks are booleans applied with `where` (see instructjax.ops), so whatever padding positions
+of a rollout hold, nan included, never reaches a loss or a gradient.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from instructjax.generation import SamplingConfig, make_sampler
+from instructjax.models import DecoderLM, gather_at, last_token_index, positions_from_mask
+from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_rewards,
+                             entropy_bonus, explained_variance, gae, masked_mean,
+                             policy_loss, token_logprobs, update_kl_controller, value_loss,
+                             whiten_rewards)
+from instructjax.sharding import ShardingContext
+from instructjax.stages.lm import lm_loss
+from instructjax.stages.ppo_state import PPOState
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+  """Static PPO hyperparameters (hashable: they shape the compiled iteration).
+
+  Attributes:
+    rollout_batch_size: prompts (episodes) per iteration, B.
+    minibatch_size: episodes per gradient step, M; B must be a multiple of it.
+    epochs: passes over the rollout per iteration.
+    clip_eps: policy ratio clip range.
+    value_clip_eps: value clip range around the rollout values; 0 disables value clipping.
+    vf_coef: scale of the value loss (the value model has its own optimizer, so this only
+      matters against gradient clipping and for the reported total).
+    entropy_coef: entropy bonus coefficient (0: the entropy is only reported).
+    gamma, lam: GAE discount and lambda over response tokens.
+    whiten_rewards: scale-normalise per-token rewards over the batch before GAE.
+    kl_estimator: "k1" (log-ratio, Ziegler/InstructGPT), "k2" or "k3" (see ops.kl).
+    ptx_coef: coefficient of the pretraining LM loss (InstructGPT's gamma); 0: plain PPO.
+    no_eos_penalty: subtracted from the score of responses without EOS; 0: off.
+    ema_decay: decay of the policy EMA kept in the state; 0: no EMA.
+  """
+  rollout_batch_size: int = 64
+  minibatch_size: int = 16
+  epochs: int = 4
+  clip_eps: float = 0.2
+  value_clip_eps: float = 0.2
+  vf_coef: float = 1.0
+  entropy_coef: float = 0.0
+  gamma: float = 1.0
+  lam: float = 0.95
+  whiten_rewards: bool = False
+  kl_estimator: str = "k1"
+  ptx_coef: float = 0.0
+  no_eos_penalty: float = 0.0
+  ema_decay: float = 0.0
+
+  @property
+  def num_minibatches(self) -> int:
+    return self.rollout_batch_size // self.minibatch_size
+
+  @property
+  def use_ptx(self) -> bool:
+    return self.ptx_coef > 0
+
+  def validate(self, prefix: str = "ppo") -> "PPOConfig":
+    """Raises ValueError naming `config.<prefix>.<key>`; returns self."""
+    def fail(key, msg):
+      raise ValueError(f"config.{prefix}.{key}: {msg}")
+    for key in ("rollout_batch_size", "minibatch_size", "epochs"):
+      if getattr(self, key) < 1:
+        fail(key, f"must be >= 1, got {getattr(self, key)}")
+    if self.rollout_batch_size % self.minibatch_size:
+      fail("minibatch_size", f"{self.minibatch_size} does not divide rollout_batch_size="
+           f"{self.rollout_batch_size}")
+    if self.clip_eps <= 0:
+      fail("clip_eps", f"must be > 0, got {self.clip_eps}")
+    for key in ("value_clip_eps", "vf_coef", "entropy_coef", "ptx_coef", "no_eos_penalty"):
+      if getattr(self, key) < 0:
+        fail(key, f"must be >= 0, got {getattr(self, key)}")
+    if not 0 < self.gamma <= 1:
+      fail("gamma", f"must be in (0, 1], got {self.gamma}")
+    if not 0 <= self.lam <= 1:
+      fail("lam", f"must be in [0, 1], got {self.lam}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      fail("kl_estimator", f"{self.kl_estimator!r} is not one of {KL_ESTIMATORS}")
+    if not 0 <= self.ema_decay < 1:
+      fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOModels:
+  """The three networks (modules, not weights): policy ("lm"), value and reward ("scalar")."""
+  policy: DecoderLM
+  value: DecoderLM
+  rm: DecoderLM
+
+
+@flax.struct.dataclass
+class Rollout:
+  """One batch of episodes. B rows, P prompt columns, N response columns.
+
+  Attributes:
+    tokens, positions, segment_ids: int32 [B, P+N], prompt (left padded) + response (PAD
+      after EOS); segment_ids 0 on padding. The model input of every forward below.
+    response_tokens: int32 [B, N].
+    response_mask: bool [B, N], True up to and including EOS.
+    logprobs: float32 [B, N], policy log-probs recomputed by a full forward (the "old" ones).
+    ref_logprobs: float32 [B, N], the reference (SFT) policy's.
+    sampler_logprobs: float32 [B, N], what the KV-cache sampler reported (a cross-check).
+    values: float32 [B, N], V at the column that predicts each response token.
+    rm_score: float32 [B], the reward model at the last real token of prompt + response.
+    score: float32 [B], rm_score after the no-EOS penalty (what the reward uses).
+    finished: bool [B], the response ended with EOS.
+    lengths: int32 [B], response tokens incl. EOS.
+    has_prompt: bool [B], False for batch-padding rows (nothing sampled, nothing counts).
+    prompt_len: static P.
+  """
+  tokens: Array
+  positions: Array
+  segment_ids: Array
+  response_tokens: Array
+  response_mask: Array
+  logprobs: Array
+  ref_logprobs: Array
+  sampler_logprobs: Array
+  values: Array
+  rm_score: Array
+  score: Array
+  finished: Array
+  lengths: Array
+  has_prompt: Array
+  prompt_len: int = flax.struct.field(pytree_node=False, default=0)
+
+
+class Advantages(NamedTuple):
+  advantages: Array  # [B, N] float32, whitened over valid tokens; 0 on padding.
+  returns: Array  # [B, N] float32 value targets; 0 on padding.
+  rewards: Array  # [B, N] float32 per-token rewards (after optional whitening).
+  kl: Array  # [B] summed per-token KL estimate of each episode.
+  non_score_reward: Array  # [B] sum of -beta * kl_t.
+
+
+# ------------------------------------------------------------------------------- forwards
+
+
+def response_logits(model: DecoderLM, params, tokens: Array, positions: Array,
+                    segment_ids: Array, prompt_len: int) -> Array:
+  """Logits predicting each response token: [B, P+N] inputs -> [B, N, V] float32.
+
+  Column P + t - 1 predicts response token t (t = 0 .. N-1).
+  """
+  logits, _ = model.apply({"params": params}, tokens, positions, segment_ids,
+                          deterministic=True)  # [B, P+N, V]
+  n = tokens.shape[1] - prompt_len
+  return jax.lax.slice_in_dim(logits, prompt_len - 1, prompt_len - 1 + n, axis=1)
+
+
+def response_logprobs(model: DecoderLM, params, tokens: Array, positions: Array,
+                      segment_ids: Array, prompt_len: int, temperature: float) -> Array:
+  """Log-probs [B, N] of the response tokens under softmax(logits / temperature)."""
+  logits = response_logits(model, params, tokens, positions, segment_ids, prompt_len)
+  return token_logprobs(logits, tokens[:, prompt_len:], temperature)
+
+
+def response_values(model: DecoderLM, params, tokens: Array, positions: Array,
+                    segment_ids: Array, prompt_len: int) -> Array:
+  """Values [B, N]: the scalar head at the column that predicts each response token."""
+  values, _ = model.apply({"params": params}, tokens, positions, segment_ids,
+                          deterministic=True)  # [B, P+N]
+  n = tokens.shape[1] - prompt_len
+  return jax.lax.slice_in_dim(values, prompt_len - 1, prompt_len - 1 + n, axis=1)
+
+
+def sequence_scores(model: DecoderLM, params, tokens: Array, positions: Array,
+                    segment_ids: Array) -> Array:
+  """Reward-model scores [B]: the scalar head at the last real token of each row."""
+  values, _ = model.apply({"params": params}, tokens, positions, segment_ids,
+                          deterministic=True)  # [B, T]
+  return gather_at(values, last_token_index(segment_ids))
+
+
+def map_chunks(fn: Callable[[Any], Any], tree: Any, chunk: int) -> Any:
+  """fn over the batch in chunks of `chunk` rows (lax.map), outputs re-assembled in order.
+
+  Chunk j holds rows j, j + n, j + 2n, ... (n = B / chunk): a row-strided split keeps each
+  device's rows on that device when the batch is sharded over its leading axis.
+  """
+  b = jax.tree.leaves(tree)[0].shape[0]
+  if chunk >= b:
+    return fn(tree)
+  n = b // chunk
+  split = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((chunk, n) + x.shape[1:]), 0, 1), tree)
+  out = jax.lax.map(fn, split)  # leaves [n, chunk, ...]
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((b,) + x.shape[2:]), out)
+
+
+# -------------------------------------------------------------------------------- rollout
+
+
+def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: PPOState,
+            prompts: dict, rng: Array, shard: Optional[ShardingContext] = None,
+            policy_params: Any = None) -> Rollout:
+  """Samples one response per prompt and scores it with every model. Pure, jit-able.
+
+  Args:
+    prompts: {"tokens", "segment_ids"} int32 [B, P], left padded.
+    policy_params: sample with these instead of state.policy_params (evaluation of an EMA).
+
+  The forwards run in chunks of `cfg.minibatch_size` rows, the same shape as the update's, so
+  the old log-probs are computed exactly as the first minibatch's new ones (ratio exactly 1).
+  """
+  params = state.policy_params if policy_params is None else policy_params
+  temperature = sampling.logprob_temperature
+  p = prompts["tokens"].shape[1]
+  out = make_sampler(models.policy, sampling, shard)(params, prompts["tokens"],
+                                                     prompts["segment_ids"], rng)
+  segment_ids = out.segment_ids
+  positions = positions_from_mask(segment_ids)
+
+  def score_chunk(seq):
+    tok, pos, seg = seq
+    return {
+        "logprobs": response_logprobs(models.policy, params, tok, pos, seg, p, temperature),
+        "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
+                                          temperature),
+        "values": response_values(models.value, state.value_params, tok, pos, seg, p),
+        "rm_score": sequence_scores(models.rm, state.rm_params, tok, pos, seg),
+    }
+
+  scored = map_chunks(score_chunk, (out.tokens, positions, segment_ids), cfg.minibatch_size)
+  score = scored["rm_score"]
+  if cfg.no_eos_penalty:
+    score = apply_no_eos_penalty(score, out.finished, cfg.no_eos_penalty)
+  return Rollout(
+      tokens=out.tokens, positions=positions, segment_ids=segment_ids,
+      response_tokens=out.response_tokens, response_mask=out.response_mask,
+      logprobs=scored["logprobs"], ref_logprobs=scored["ref_logprobs"],
+      sampler_logprobs=out.logprobs, values=scored["values"], rm_score=scored["rm_score"],
+      score=score, finished=out.finished, lengths=out.lengths,
+      has_prompt=jnp.any(prompts["segment_ids"] != 0, axis=-1), prompt_len=p)
+
+
+def eval_episodes(models: PPOModels, sampling: SamplingConfig, policy_params, ref_params,
+                  rm_params, prompts: dict, rng: Array,
+                  shard: Optional[ShardingContext] = None) -> dict[str, Array]:
+  """Samples held-out responses and scores them; pure, jit-able. No value model, no chunks.
+
+  Returns per row: response_tokens [B, N], finished [B], lengths [B], score [B] (the raw RM
+  score) and kl [B], the summed log-ratio policy - reference of the sampled tokens (at the
+  sampling temperature; with greedy decoding, at temperature 1, where it is a log-ratio on
+  the greedy response rather than a KL estimate).
+  """
+  p = prompts["tokens"].shape[1]
+  temperature = sampling.logprob_temperature
+  out = make_sampler(models.policy, sampling, shard)(policy_params, prompts["tokens"],
+                                                     prompts["segment_ids"], rng)
+  seq = (out.tokens, positions_from_mask(out.segment_ids), out.segment_ids)
+  logp = response_logprobs(models.policy, policy_params, *seq, p, temperature)
+  ref = response_logprobs(models.policy, ref_params, *seq, p, temperature)
+  kl = jnp.sum(jnp.where(out.response_mask, logp - ref, 0.0), axis=-1)
+  return {"response_tokens": out.response_tokens, "finished": out.finished,
+          "lengths": out.lengths, "score": sequence_scores(models.rm, rm_params, *seq),
+          "kl": kl}
+
+
+# ------------------------------------------------------------------- rewards and advantages
+
+
+def rewards_and_advantages(cfg: PPOConfig, ro: Rollout, beta: Array) -> Advantages:
+  """Per-token rewards (-beta * KL, score on the last token), GAE, whitened advantages."""
+  mask = ro.response_mask
+  tr = compute_rewards(ro.score, ro.logprobs, ro.ref_logprobs, mask, beta, cfg.kl_estimator)
+  rewards = whiten_rewards(tr.rewards, mask) if cfg.whiten_rewards else tr.rewards
+  advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam,
+                            whiten_advantages=True)
+  return Advantages(advantages=advantages, returns=returns, rewards=rewards, kl=tr.kl,
+                    non_score_reward=tr.non_score_reward)
+
+
+# --------------------------------------------------------------------------------- update
+
+
+def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, params, mb: dict,
+                     ptx_mb: Optional[dict]):
+  """(loss, metrics) of one minibatch: clipped surrogate - entropy bonus + ptx_coef * LM loss.
+
+  One objective, so one backward pass gives the InstructGPT PPO-ptx gradient (PPO's plus
+  ptx_coef times the pretraining loss's). With ptx_coef == 0 the ptx batch is not read.
+
+  Args:
+    mb: minibatch of the rollout: tokens/positions/segment_ids [M, P+N], response_tokens,
+      response_mask, old_logprobs, advantages [M, N], and the static prompt_len P.
+    ptx_mb: LM batch [M_ptx, T] (tokens, positions, segment_ids, targets, loss_mask) or None.
+  """
+  logits = response_logits(models.policy, params, mb["tokens"], mb["positions"],
+                           mb["segment_ids"], mb["prompt_len"])  # [M, N, V]
+  mask = mb["response_mask"]
+  logp = token_logprobs(logits, mb["response_tokens"], temperature)
+  pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps)
+  entropy = entropy_bonus(logits, mask, temperature)
+  loss = pg_loss
+  if cfg.entropy_coef:
+    loss = loss - cfg.entropy_coef * entropy
+  ptx = jnp.zeros((), jnp.float32)
+  if cfg.use_ptx:
+    ptx, _ = lm_loss(models.policy, params, ptx_mb)
+    loss = loss + cfg.ptx_coef * ptx
+  metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy),
+             "ptx_loss": jax.lax.stop_gradient(ptx), **pm}
+  return loss, metrics
+
+
+def value_objective(models: PPOModels, cfg: PPOConfig, params, mb: dict):
+  """(vf_coef * clipped value loss, metrics) of one minibatch, for the value model alone."""
+  values = response_values(models.value, params, mb["tokens"], mb["positions"],
+                           mb["segment_ids"], mb["prompt_len"])  # [M, N]
+  vl, vm = value_loss(values, mb["old_values"], mb["returns"], mb["response_mask"],
+                      cfg.value_clip_eps or None)
+  return cfg.vf_coef * vl, {"value_loss": vl, "value_clip_fraction": vm["clip_fraction"]}
+
+
+def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTransformation,
+               value_tx: optax.GradientTransformation, temperature: float, state: PPOState,
+               ro: Rollout, adv: Advantages, ptx: Optional[dict], rng: Array
+               ) -> tuple[PPOState, dict]:
+  """cfg.epochs x cfg.num_minibatches optimizer steps of policy and value model.
+
+  Minibatch indices are a fresh permutation of the rollout per epoch; the ptx batch (if any,
+  [B_ptx, T] with B_ptx a multiple of the number of minibatches) is likewise reshuffled per
+  epoch and split evenly over the minibatches.
+
+  Returns:
+    (state with new policy/value params and optimizer states, per-minibatch metrics: each an
+    array [epochs, num_minibatches]).
+  """
+  b, m, nmb = cfg.rollout_batch_size, cfg.minibatch_size, cfg.num_minibatches
+  data = {
+      "tokens": ro.tokens, "positions": ro.positions, "segment_ids": ro.segment_ids,
+      "response_tokens": ro.response_tokens, "response_mask": ro.response_mask,
+      "old_logprobs": ro.logprobs, "old_values": ro.values, "advantages": adv.advantages,
+      "returns": adv.returns}
+  data = jax.lax.stop_gradient(data)
+  grad_policy = jax.value_and_grad(
+      lambda p, mb, x: policy_objective(models, cfg, temperature, p, mb, x), has_aux=True)
+  grad_value = jax.value_and_grad(lambda p, mb: value_objective(models, cfg, p, mb),
+                                  has_aux=True)
+
+  def minibatch(carry, idx):
+    pp, popt, vp, vopt = carry
+    rows, ptx_rows = idx
+    mb = {k: jnp.take(v, rows, axis=0) for k, v in data.items()}
+    mb["prompt_len"] = ro.prompt_len
+    ptx_mb = None
+    if cfg.use_ptx:
+      ptx_mb = {k: jnp.take(v, ptx_rows, axis=0) for k, v in ptx.items()}
+    (loss, pmet), pgrads = grad_policy(pp, mb, ptx_mb)
+    updates, popt = policy_tx.update(pgrads, popt, pp)
+    pp = optax.apply_updates(pp, updates)
+    (_, vmet), vgrads = grad_value(vp, mb)
+    updates, vopt = value_tx.update(vgrads, vopt, vp)
+    vp = optax.apply_updates(vp, updates)
+    metrics = {**pmet, **vmet, "loss": loss + cfg.vf_coef * vmet["value_loss"],
+               "policy_grad_norm": optax.global_norm(pgrads),
+               "value_grad_norm": optax.global_norm(vgrads)}
+    return (pp, popt, vp, vopt), metrics
+
+  ptx_rows_total = ptx["tokens"].shape[0] if cfg.use_ptx else nmb
+
+  def epoch(carry, key):
+    k_rows, k_ptx = jax.random.split(key)
+    rows = jax.random.permutation(k_rows, b).reshape(nmb, m)
+    ptx_rows = jax.random.permutation(k_ptx, ptx_rows_total).reshape(nmb, -1)
+    return jax.lax.scan(minibatch, carry, (rows, ptx_rows))
+
+  carry = (state.policy_params, state.policy_opt_state, state.value_params,
+           state.value_opt_state)
+  (pp, popt, vp, vopt), metrics = jax.lax.scan(epoch, carry,
+                                               jax.random.split(rng, cfg.epochs))
+  state = state.replace(policy_params=pp, policy_opt_state=popt, value_params=vp,
+                        value_opt_state=vopt)
+  return state, metrics
+
+
+# ------------------------------------------------------------------------------ iteration
+
+
+def rollout_metrics(ro: Rollout, adv: Advantages, beta: Array) -> dict[str, Array]:
+  """Episode statistics over the rows that hold a prompt."""
+  rows = ro.has_prompt
+  ev = explained_variance(ro.values, adv.returns, ro.response_mask)
+  return {
+      "score": masked_mean(ro.rm_score, rows),
+      "score_penalized": masked_mean(ro.score, rows),
+      "kl": masked_mean(adv.kl, rows),
+      "beta": beta,
+      "non_score_reward": masked_mean(adv.non_score_reward, rows),
+      "reward_total": masked_mean(adv.non_score_reward + ro.score, rows),
+      "response_length": masked_mean(ro.lengths, rows),
+      "eos_fraction": masked_mean(ro.finished, rows),
+      # nan when the returns are constant (e.g. one token per response): report 0 instead,
+      # so a logged nan always means a real problem.
+      "value_explained_variance": jnp.where(jnp.isnan(ev), 0.0, ev),
+      "value_mean": masked_mean(ro.values, ro.response_mask),
+      "advantage_abs_mean": masked_mean(jnp.abs(adv.advantages), ro.response_mask),
+  }
+
+
+# Per-minibatch metrics folded into one number per iteration: max for the ratio's maximum,
+# the mean otherwise.
+_MAX_METRICS = ("ratio_max",)
+
+
+def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: DecoderLM,
+                       rm_model: DecoderLM, policy_tx: optax.GradientTransformation,
+                       value_tx: optax.GradientTransformation, sampling: SamplingConfig, *,
+                       shard: Optional[ShardingContext] = None,
+                       policy_schedule: Optional[optax.Schedule] = None,
+                       debug: bool = False) -> Callable:
+  """Returns the pure `iteration(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    cfg: validated PPOConfig.
+    policy_model: the policy's (and the reference's) module, head "lm".
+    value_model, rm_model: head "scalar" modules (often the same architecture).
+    policy_tx, value_tx: separate optimizers; each steps once per minibatch.
+    sampling: rollout decoding (temperature, top-k, top-p, max_new_tokens, EOS/PAD ids).
+    shard: sharding context for the sampler's activations.
+    policy_schedule: reported as "lr" when given (its step is the policy optimizer's count).
+    debug: also return every minibatch's metrics as "minibatch/<name>" [epochs, minibatches].
+
+  batch: {"prompts": {"tokens", "segment_ids", ...} [B, P] left padded, "ptx": LM batch
+  {"tokens", "positions", "segment_ids", "targets", "loss_mask"} [B_ptx, T] (needed only when
+  cfg.ptx_coef > 0; otherwise ignored)}.
+
+  Metrics (scalars): score, score_penalized, kl, beta (used for this batch's rewards),
+  non_score_reward, reward_total, response_length, eos_fraction, value_explained_variance,
+  value_mean, advantage_abs_mean, policy_loss, value_loss, ptx_loss, loss, clip_fraction,
+  value_clip_fraction, approx_kl, ratio_mean, ratio_max, entropy, policy_grad_norm,
+  value_grad_norm (minibatch means, ratio_max a max), sampler_logprob_error.
+  """
+  cfg.validate()
+  models = PPOModels(policy=policy_model, value=value_model, rm=rm_model)
+  temperature = sampling.logprob_temperature
+
+  def iteration(state: PPOState, batch: dict, rng: Array) -> tuple[PPOState, dict]:
+    k_sample, k_update = jax.random.split(rng)
+    ro = rollout(models, sampling, cfg, state, batch["prompts"], k_sample, shard)
+    beta = state.kl.beta
+    adv = rewards_and_advantages(cfg, ro, beta)
+    new_state, mb_metrics = ppo_update(models, cfg, policy_tx, value_tx, temperature, state,
+                                       ro, adv, batch.get("ptx"), k_update)
+    # The controller sees the KL of the episodes just collected (Ziegler et al.), one
+    # sample per episode.
+    kl = update_kl_controller(state.kl, masked_mean(adv.kl, ro.has_prompt),
+                              jnp.sum(ro.has_prompt))
+    ema = state.ema_params
+    if ema is not None:
+      d = cfg.ema_decay
+      ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, new_state.policy_params)
+    new_state = new_state.replace(step=state.step + 1, kl=kl, ema_params=ema)
+
+    metrics = rollout_metrics(ro, adv, beta)
+    for k, v in mb_metrics.items():
+      metrics[k] = jnp.max(v) if k in _MAX_METRICS else jnp.mean(v)
+    metrics["sampler_logprob_error"] = jnp.max(jnp.where(
+        ro.response_mask, jnp.abs(ro.sampler_logprobs - ro.logprobs), 0.0))
+    if policy_schedule is not None:
+      metrics["lr"] = policy_schedule(state.step * cfg.epochs * cfg.num_minibatches)
+    if debug:
+      metrics.update({f"minibatch/{k}": v for k, v in mb_metrics.items()})
+    return new_state, metrics
+
+  return iteration
