@@ -18,7 +18,7 @@ import numpy as np
 from instructjax.world.edits import random_edits
 from instructjax.world.labelers import rank_responses, sample_group
 from instructjax.world.lexicon import COURTESY_PREFIX
-from instructjax.world.prompts import gold_answer
+from instructjax.world.prompts import condition_on_group, gold_answer
 
 K_RANGE = (4, 9)  # Inclusive.
 MAX_STATIC_EDITS = 3
@@ -76,26 +76,43 @@ def static_response(gold: str, rng: np.random.Generator) -> str:
 
 
 def label(prompt: str, responses: Sequence[tuple[str, bool]],
-          rng: np.random.Generator) -> Comparison:
-  """A labeler drawn by the group shares ranks (text, finished) responses to prompt."""
-  group = sample_group(rng)
+          rng: np.random.Generator, group: str | None = None) -> Comparison:
+  """A labeler ranks (text, finished) responses to prompt; drawn by the group shares unless
+  `group` is given (group-conditioned data draws it before the responses)."""
+  group = sample_group(rng) if group is None else group
   ranking = rank_responses(group, responses, gold_answer(prompt), rng)
   return Comparison(prompt, tuple(t for t, _ in responses), tuple(ranking), group,
                     tuple(bool(f) for _, f in responses))
 
 
-def static_comparisons(prompts: Sequence[str], rng: np.random.Generator) -> list[Comparison]:
+def static_comparisons(prompts: Sequence[str], rng: np.random.Generator,
+                       condition_on_groups: bool = False) -> list[Comparison]:
+  """With `condition_on_groups`, each labeler's group is drawn first and the record's prompt
+  carries it (`(polite) sort: ...`), as in the group-conditioned experiments."""
   out = []
   for prompt in prompts:
+    group = sample_group(rng) if condition_on_groups else None
+    if group is not None:
+      prompt = condition_on_group(prompt, group)
     gold = gold_answer(prompt)
     responses = [(static_response(gold, rng), True) for _ in range(sample_k(rng))]
-    out.append(label(prompt, responses, rng))
+    out.append(label(prompt, responses, rng, group))
   return out
 
 
 def policy_comparisons(prompts: Sequence[str], sample_responses: SampleResponses,
-                       rng: np.random.Generator) -> list[Comparison]:
-  """Comparisons of policy samples: K drawn per prompt, then labelers rank them."""
+                       rng: np.random.Generator,
+                       condition_on_groups: bool = False) -> list[Comparison]:
+  """Comparisons of policy samples: K drawn per prompt, then labelers rank them.
+
+  With `condition_on_groups`, each prompt's labeler group is drawn first and the policy samples
+  the group-conditioned prompt, which is also the record's prompt.
+  """
+  if condition_on_groups:
+    groups = [sample_group(rng) for _ in prompts]
+    prompts = [condition_on_group(p, g) for p, g in zip(prompts, groups)]
+  else:
+    groups = [None] * len(prompts)
   ks = [sample_k(rng) for _ in prompts]
   samples: list = [None] * len(prompts)
   for k in sorted(set(ks)):
@@ -105,4 +122,4 @@ def policy_comparisons(prompts: Sequence[str], sample_responses: SampleResponses
       raise ValueError(f"sample_responses must return {k} responses for each of {len(idx)} prompts")
     for i, r in zip(idx, got):
       samples[i] = [(str(t), bool(f)) for t, f in r]
-  return [label(p, s, rng) for p, s in zip(prompts, samples)]
+  return [label(p, s, rng, g) for p, s, g in zip(prompts, samples, groups)]

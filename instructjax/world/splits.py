@@ -22,7 +22,9 @@ import numpy as np
 from instructjax.world import comparisons as comparisons_lib
 from instructjax.world import corpus
 from instructjax.world.demonstrator import Demonstration, demonstrations
+from instructjax.world.labelers import sample_group
 from instructjax.world.partition import sample_prompts
+from instructjax.world.prompts import condition_on_group
 
 COMPARISON_SOURCES = ("static", "policy")
 
@@ -52,6 +54,12 @@ class WorldConfig:
   num_pretrain: int = 10000  # Pretraining documents.
   num_pretrain_heldout: int = 500  # Held-out pretraining documents (alignment-tax loss).
   comparison_source: str = "static"  # "static" or "policy".
+  # Group-conditioned experiments: comparisons and PPO prompts carry the labeler group's tag
+  # (`(polite) sort: ...`), the group drawn by the shares before the responses are made.
+  group_conditioned: bool = False
+  # Share of SFT demonstrations whose prompt carries a random group tag, so the SFT policy
+  # knows the tagged form (the demonstrator ignores the tag, as the spec's demonstrators do).
+  sft_group_tag_fraction: float = 0.0
 
   def __post_init__(self):
     if self.comparison_source not in COMPARISON_SOURCES:
@@ -77,7 +85,11 @@ def rm_prompts(config: WorldConfig) -> list[str]:
 
 
 def ppo_prompts(config: WorldConfig) -> list[str]:
-  return _prompts(config, "ppo", config.num_ppo, "train")
+  prompts = _prompts(config, "ppo", config.num_ppo, "train")
+  if not config.group_conditioned:
+    return prompts
+  rng = split_rng(config, "ppo_groups")
+  return [condition_on_group(p, sample_group(rng)) for p in prompts]
 
 
 def heldout_prompts(config: WorldConfig) -> list[str]:
@@ -91,11 +103,17 @@ def heldout_prompts(config: WorldConfig) -> list[str]:
 
 
 def sft_demonstrations(config: WorldConfig) -> list[Demonstration]:
-  return demonstrations(sft_prompts(config), split_rng(config, "sft_demonstrator"))
+  demos = demonstrations(sft_prompts(config), split_rng(config, "sft_demonstrator"))
+  if not config.sft_group_tag_fraction:
+    return demos
+  rng = split_rng(config, "sft_group_tags")
+  return [Demonstration(condition_on_group(d.prompt, sample_group(rng)), d.response)
+          if rng.random() < config.sft_group_tag_fraction else d for d in demos]
 
 
 def static_comparisons_for(config: WorldConfig) -> list[comparisons_lib.Comparison]:
-  return comparisons_lib.static_comparisons(rm_prompts(config), split_rng(config, "comparisons"))
+  return comparisons_lib.static_comparisons(rm_prompts(config), split_rng(config, "comparisons"),
+                                            condition_on_groups=config.group_conditioned)
 
 
 def policy_comparisons_for(
@@ -103,7 +121,8 @@ def policy_comparisons_for(
     sample_responses: comparisons_lib.SampleResponses) -> list[comparisons_lib.Comparison]:
   """Comparisons of the policy's samples on the rm_prompts split (the paper's way)."""
   return comparisons_lib.policy_comparisons(
-      rm_prompts(config), sample_responses, split_rng(config, "comparisons"))
+      rm_prompts(config), sample_responses, split_rng(config, "comparisons"),
+      condition_on_groups=config.group_conditioned)
 
 
 def pretrain_documents(config: WorldConfig) -> list[str]:
