@@ -1,0 +1,88 @@
+"""PPO-ptx (InstructGPT): the SFT policy, a frozen reward model, a value model, KL and ptx.
+
+  --config=configs/ppo.py:tiny --config.init_from=runs/x/sft/model \
+      --config.reward_model=runs/x/rm/model                     PPO-ptx on InstructWorld, CPU
+  --config=configs/ppo.py:tiny,ptx=0 ...                        plain PPO (no pretraining mix)
+  --config=configs/ppo.py:gpt2-124m --config.data.train_path=prompts.jsonl \
+      --config.data.eval_path=heldout.jsonl --config.data.ptx_path=web.jsonl ...
+
+Units: train.num_steps counts PPO iterations (one rollout of ppo.rollout_batch_size prompts,
+then ppo.epochs x rollout_batch_size / minibatch_size optimizer steps); optim (policy) and
+value_optim (value model: its own optimizer, e.g. --config.value_optim.lr) count optimizer
+steps, so their warmup is in minibatch updates. train.batch_size is the evaluation batch
+(held-out prompts and held-out pretraining text).
+"""
+import ml_collections
+
+from instructjax import config_lib
+
+
+def kl_config(init_beta: float, adaptive: bool, target: float,
+              horizon: float) -> ml_collections.ConfigDict:
+  """init_beta: the KL coefficient; adaptive: Ziegler's proportional controller towards
+  `target` (nats per response) over `horizon` episodes; otherwise beta stays fixed."""
+  return ml_collections.ConfigDict(dict(init_beta=init_beta, adaptive=adaptive, target=target,
+                                        horizon=horizon))
+
+
+def ppo_settings(**kw) -> ml_collections.ConfigDict:
+  d = dict(
+      rollout_batch_size=64, minibatch_size=16, epochs=4, clip_eps=0.2, value_clip_eps=0.2,
+      vf_coef=1.0, entropy_coef=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
+      kl_estimator="k1", kl=kl_config(0.05, True, 6.0, 10000.0),
+      ptx_coef=1.0,  # InstructGPT's gamma; 0 = plain PPO.
+      ptx_batch_size=32,  # Pretraining rows per iteration, split over the minibatches.
+      no_eos_penalty=0.0,  # Subtracted from the score of responses without EOS (0 = off).
+      ema_decay=0.0,  # EMA of the policy (0 = off); with it, the EMA is evaluated and saved.
+      temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=24,
+      eval_prompts=256,  # Held-out prompts per evaluation.
+      eval_temperature=1.0,  # 0 = greedy.
+  )
+  d.update(kw)
+  return ml_collections.ConfigDict(d)
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, variant="tiny", steps=0, ptx=-1.0)
+  c = ml_collections.ConfigDict()
+  c.stage = "ppo"
+  c.seed = 0
+  c.init_from = ""  # The SFT model directory: the policy's start and the KL reference.
+  c.reward_model = ""  # The reward model directory (head "scalar").
+  c.value_init = "reward_model"  # Value model from the RM ("reward_model") or SFT trunk ("sft").
+  c.model = config_lib.model_config(a.variant)  # Only runtime fields (dtype, remat...) count.
+  c.mesh = config_lib.mesh_config()
+  if a.variant.startswith("tiny"):
+    # The world sizes of the tiny pretrain/SFT/RM configs: the same held-out prompts (they
+    # are filtered against every training split) and held-out pretraining documents.
+    c.data = config_lib.data_config(seq_len=128, pack=True, num_sft=3000, num_rm=1500,
+                                    num_ppo=4000, num_heldout=300, num_pretrain=6000,
+                                    num_pretrain_heldout=300)
+    c.data.prompt_len = 40  # InstructWorld prompts have at most 39 characters.
+    c.train = config_lib.train_config(batch_size=64, num_steps=a.steps or 40, log_every=5,
+                                      eval_every=20, eval_batches=4, save_every=20)
+    c.optim = config_lib.optim_config(lr=3e-5, warmup_steps=10, decay="constant",
+                                      weight_decay=0.0)
+    c.value_optim = config_lib.optim_config(lr=1e-4, warmup_steps=10, decay="constant",
+                                            weight_decay=0.0)
+    c.ppo = ppo_settings(rollout_batch_size=32, minibatch_size=8, epochs=2, max_new_tokens=32,
+                         ptx_batch_size=16, kl=kl_config(0.05, True, 2.0, 2000.0),
+                         eval_prompts=256)
+  else:
+    c.data = config_lib.data_config(seq_len=1024, pack=True, source="jsonl")
+    c.data.prompt_len = 256
+    c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 256, log_every=5,
+                                      eval_every=50, eval_batches=16, save_every=50)
+    c.optim = config_lib.optim_config(lr=1e-6, warmup_steps=20, decay="constant",
+                                      weight_decay=0.0)
+    c.value_optim = config_lib.optim_config(lr=9e-6, warmup_steps=20, decay="constant",
+                                            weight_decay=0.0)
+    c.ppo = ppo_settings(rollout_batch_size=256, minibatch_size=64, epochs=4,
+                         max_new_tokens=256, ptx_batch_size=128,
+                         kl=kl_config(0.02, False, 6.0, 10000.0), eval_prompts=512)
+  # For source "jsonl": train_path / eval_path are prompts ({"prompt"}), these are texts.
+  c.data.ptx_path = ""
+  c.data.ptx_eval_path = ""
+  if a.ptx >= 0:
+    c.ppo.ptx_coef = a.ptx
+  return c

@@ -1,0 +1,410 @@
+"""PPO-ptx stage: invariants of the jitted iteration and the driver end to end.
+
+Compilation dominates on CPU, so the tests share a few compiled functions (module fixtures):
+the debug iteration, a greedy rollout, and the update on a given rollout.
+"""
+import importlib.util
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from instructjax.generation import SamplingConfig
+from instructjax.model_io import load_model, save_model
+from instructjax.models import ConfigError, DecoderLM, get_preset
+from instructjax.ops import MAX_LOG_RATIO, adaptive_kl_controller
+from instructjax.stages import ppo, ppo_driver
+from instructjax.stages.lm import lm_loss
+from instructjax.stages.ppo_state import create_ppo_state
+from instructjax.tokenizers import CharTokenizer
+from instructjax.training import NonFiniteError, run_loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+B, P, N, M = 8, 8, 6, 4  # Rollout rows, prompt width, new tokens, minibatch.
+EOS, PAD = 2, 0
+CFG = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, epochs=2, ptx_coef=0.5,
+                    ema_decay=0.9, entropy_coef=0.01)
+SAMPLING = SamplingConfig(max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.7)
+GREEDY = SamplingConfig(max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.0)
+LR = 1e-3
+
+
+# ------------------------------------------------------------------------------------ set-up
+
+
+def draw_params(model, seed, scale=0.3):
+  """N(0, scale) weights drawn with numpy from the abstract init (norm scales 1 + noise): no
+  jax.random init to compile, and peaked, input-dependent next-token distributions."""
+  t = jnp.zeros((1, 8), jnp.int32)
+  shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), t, t, t + 1))["params"]
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    base = 1.0 if path[-1].key == "scale" else 0.0
+    return jnp.asarray(base + scale * rng.standard_normal(leaf.shape), leaf.dtype)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def model_cfg(**kw):
+  return get_preset("test", vocab_size=74, **kw)
+
+
+# Dropout in the config on purpose: PPO must ignore it (deterministic=True everywhere).
+POLICY = DecoderLM(model_cfg(dropout_rate=0.5))
+VALUE = DecoderLM(model_cfg(dropout_rate=0.5), head="scalar")
+MODELS = ppo.PPOModels(POLICY, VALUE, VALUE)
+
+
+def fresh_state(cfg=CFG, rm_bias=0.0):
+  policy = draw_params(POLICY, 0)
+  value = draw_params(VALUE, 1, scale=0.1)
+  rm = dict(draw_params(VALUE, 2, scale=0.1))
+  rm["score_bias"] = rm["score_bias"] + rm_bias
+  state, _ = create_ppo_state(POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+                              policy_params=policy, value_params=value, rm_params=rm,
+                              kl=adaptive_kl_controller(0.1, 2.0, 100.0),
+                              ema=cfg.ema_decay > 0)
+  return state
+
+
+def prompts(width=P, extra_pad=0, seed=0):
+  """Left-padded random prompts of 3..width tokens (token ids >= 3: no PAD/BOS/EOS)."""
+  rng = np.random.default_rng(seed)
+  w = width + extra_pad
+  tokens, seg = np.full((B, w), PAD, np.int32), np.zeros((B, w), np.int32)
+  for r in range(B):
+    n = int(rng.integers(3, width + 1))
+    tokens[r, w - n:] = rng.integers(3, 74, n)
+    seg[r, w - n:] = 1
+  pos = np.maximum(np.cumsum(seg, -1) - 1, 0).astype(np.int32)
+  return {"tokens": jnp.asarray(tokens), "segment_ids": jnp.asarray(seg),
+          "positions": jnp.asarray(pos)}
+
+
+def ptx_batch(seed=0, rows=4, t=12):
+  rng = np.random.default_rng(100 + seed)
+  return {"tokens": jnp.asarray(rng.integers(3, 74, (rows, t)), jnp.int32),
+          "positions": jnp.tile(jnp.arange(t, dtype=jnp.int32), (rows, 1)),
+          "segment_ids": jnp.ones((rows, t), jnp.int32),
+          "targets": jnp.asarray(rng.integers(3, 74, (rows, t)), jnp.int32),
+          "loss_mask": jnp.ones((rows, t), bool)}
+
+
+def batch(seed=0):
+  return {"prompts": prompts(seed=seed), "ptx": ptx_batch(seed)}
+
+
+@pytest.fixture(scope="module")
+def iteration():
+  fn = ppo.make_ppo_iteration(CFG, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+                              SAMPLING, debug=True)
+  return jax.jit(fn, donate_argnums=(0,))
+
+
+@pytest.fixture(scope="module")
+def first(iteration):
+  """(state before, state after, metrics) of the first iteration."""
+  before = fresh_state()
+  after, metrics = iteration(fresh_state(), batch(), jax.random.key(0))
+  return before, after, jax.device_get(metrics)
+
+
+def host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+# ----------------------------------------------------------------------- iteration invariants
+
+
+def test_first_minibatch_is_exactly_on_policy(first):
+  _, _, m = first
+  # Rollout log-probs and the update's first minibatch come from the same forward at the
+  # same weights and temperature: the ratio is exactly 1, not merely close.
+  assert m["minibatch/ratio_max"][0, 0] == 1.0
+  assert m["minibatch/ratio_mean"][0, 0] == 1.0
+  assert m["minibatch/approx_kl"][0, 0] == 0.0
+  assert m["minibatch/clip_fraction"][0, 0] == 0.0
+  assert m["minibatch/ratio_max"][1].max() > 1.0  # ...and the updates did move the policy.
+
+
+def test_kl_is_zero_while_policy_equals_reference(first):
+  _, _, m = first
+  assert m["kl"] == 0.0 and m["non_score_reward"] == 0.0
+  assert m["beta"] == np.float32(0.1)  # The beta this batch's rewards used.
+
+
+def test_sampler_logprobs_equal_recomputed_at_the_sampling_temperature(first):
+  _, _, m = first
+  assert m["sampler_logprob_error"] < 1e-5
+
+
+def test_metrics_are_complete_and_finite(first):
+  _, _, m = first
+  for k in ("score", "kl", "beta", "non_score_reward", "policy_loss", "value_loss",
+            "clip_fraction", "approx_kl", "ratio_mean", "ratio_max", "entropy",
+            "value_explained_variance", "response_length", "eos_fraction", "ptx_loss", "loss"):
+    assert np.isfinite(m[k]), k
+  assert 0 < m["response_length"] <= N and 0 <= m["eos_fraction"] <= 1
+  assert m["minibatch/policy_loss"].shape == (CFG.epochs, CFG.num_minibatches)
+
+
+def test_state_after_one_iteration(first):
+  before, after, m = first
+  b, a = host(before), host(after)
+  assert int(a.step) == 1
+  # KL controller (Ziegler): beta * (1 + clip(kl / target - 1, -.2, .2) * B / horizon).
+  np.testing.assert_allclose(a.kl.beta, 0.1 * (1 - 0.2 * B / 100.0), rtol=1e-6)
+  # Frozen models unchanged, policy and value moved.
+  for name in ("ref_params", "rm_params"):
+    for x, y in zip(jax.tree.leaves(getattr(b, name)), jax.tree.leaves(getattr(a, name))):
+      np.testing.assert_array_equal(x, y)
+  for name in ("policy_params", "value_params"):
+    assert any(np.abs(x - y).max() > 0 for x, y in zip(jax.tree.leaves(getattr(b, name)),
+                                                       jax.tree.leaves(getattr(a, name))))
+  # EMA of the policy: d * old + (1 - d) * new.
+  d = CFG.ema_decay
+  for e0, p1, e1 in zip(jax.tree.leaves(b.ema_params), jax.tree.leaves(a.policy_params),
+                        jax.tree.leaves(a.ema_params)):
+    np.testing.assert_allclose(e1, d * e0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+
+
+def test_deterministic_although_the_config_has_dropout(iteration, first):
+  """Model dropout_rate=0.5, yet the same inputs give bitwise the same iteration: PPO runs
+  every forward with deterministic=True (dropout would also break the two tests above)."""
+  assert POLICY.cfg.dropout_rate > 0
+  _, after, m = first
+  again, m2 = iteration(fresh_state(), batch(), jax.random.key(0))
+  for x, y in zip(jax.tree.leaves(host(after)), jax.tree.leaves(host(again))):
+    np.testing.assert_array_equal(x, y)
+  for k in m:
+    np.testing.assert_array_equal(m[k], jax.device_get(m2[k]))
+
+
+def test_nonfinite_loss_stops_the_run_naming_step_and_quantity(iteration, tmp_path):
+  state = fresh_state(rm_bias=float("nan"))  # A NaN reward model: every loss goes NaN.
+  data = iter([batch(s) for s in range(3)])
+  with pytest.raises(NonFiniteError, match=r"step 1: .*policy_loss is nan"):
+    run_loop(iteration, state, data, jax.random.key(0), num_steps=3, workdir=str(tmp_path),
+             log_every=1, checkpoint=None, progress=False)
+
+
+def test_nonfinite_loss_with_skip_keeps_the_state_and_counts(tmp_path):
+  fn = ppo.make_ppo_iteration(CFG, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+                              SAMPLING)
+  state = fresh_state(rm_bias=float("inf"))
+  start = host(state.policy_params)
+  data = iter([batch(s) for s in range(2)])
+  state, summary = run_loop(fn, state, data, jax.random.key(0), num_steps=2,
+                            workdir=str(tmp_path), log_every=1, checkpoint=None,
+                            on_nonfinite="skip", progress=False)
+  assert summary.skipped_updates == 2 and int(state.step) == 0
+  for x, y in zip(jax.tree.leaves(start), jax.tree.leaves(host(state.policy_params))):
+    np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------ rollout and update parts
+
+
+@pytest.fixture(scope="module")
+def greedy_rollout():
+  return jax.jit(lambda state, prompts, rng: ppo.rollout(MODELS, GREEDY, CFG, state, prompts,
+                                                         rng))
+
+
+@pytest.fixture(scope="module")
+def update():
+  """rewards + GAE + update on a given rollout (logprob temperature 1: greedy rollouts)."""
+  def fn(state, ro, ptx, rng):
+    adv = ppo.rewards_and_advantages(CFG, ro, state.kl.beta)
+    state, mb = ppo.ppo_update(MODELS, CFG, optax.adam(LR), optax.adam(LR), 1.0, state, ro,
+                               adv, ptx, rng)
+    return state.policy_params, state.value_params, mb, adv
+  return jax.jit(fn)
+
+
+@pytest.fixture(scope="module")
+def rollout0(greedy_rollout):
+  return greedy_rollout(fresh_state(), prompts(), jax.random.key(1))
+
+
+def test_rollout_shapes_and_alignment(rollout0):
+  ro = host(rollout0)
+  assert ro.tokens.shape == (B, P + N) and ro.logprobs.shape == (B, N)
+  np.testing.assert_array_equal(ro.tokens[:, P:], ro.response_tokens)
+  # PAD after EOS and nowhere counted; a finished response's last real token is EOS.
+  assert np.all(ro.response_tokens[~ro.response_mask] == PAD)
+  for r in range(B):
+    if ro.finished[r]:
+      assert ro.response_tokens[r, ro.lengths[r] - 1] == EOS
+  np.testing.assert_array_equal(ro.logprobs, ro.ref_logprobs)  # Policy == reference.
+  # Greedy: the sampler scores at temperature 1, as the recomputation does.
+  np.testing.assert_allclose(np.where(ro.response_mask, ro.sampler_logprobs, 0),
+                             np.where(ro.response_mask, ro.logprobs, 0), atol=1e-5)
+
+
+def test_logprobs_do_not_depend_on_left_padding(greedy_rollout, rollout0):
+  wide = host(greedy_rollout(fresh_state(), prompts(extra_pad=5), jax.random.key(1)))
+  ro = host(rollout0)
+  np.testing.assert_array_equal(wide.response_tokens, ro.response_tokens)
+  for k in ("logprobs", "ref_logprobs", "values"):
+    np.testing.assert_allclose(np.where(ro.response_mask, getattr(wide, k), 0),
+                               np.where(ro.response_mask, getattr(ro, k), 0), atol=1e-5)
+  np.testing.assert_allclose(wide.rm_score, ro.rm_score, atol=1e-5)
+
+
+def plant(ro, rng):
+  """The rollout with nan/inf/garbage wherever it is padding."""
+  pad_resp = ~np.asarray(ro.response_mask)
+  pad_seq = np.asarray(ro.segment_ids) == 0
+  junk = lambda x, mask, v: jnp.where(mask, v, x)
+  garbage = jnp.asarray(rng.integers(3, 74, ro.tokens.shape), jnp.int32)
+  return ro.replace(
+      tokens=junk(ro.tokens, pad_seq, garbage),
+      response_tokens=junk(ro.response_tokens, pad_resp, garbage[:, P:]),
+      logprobs=junk(ro.logprobs, pad_resp, jnp.nan),
+      ref_logprobs=junk(ro.ref_logprobs, pad_resp, -jnp.inf),
+      sampler_logprobs=junk(ro.sampler_logprobs, pad_resp, jnp.nan),
+      values=junk(ro.values, pad_resp, jnp.inf))
+
+
+def test_garbage_in_padding_reaches_no_loss_or_gradient(update, rollout0):
+  assert not np.all(np.asarray(rollout0.response_mask))  # There is padding to plant in.
+  clean = host(update(fresh_state(), rollout0, ptx_batch(), jax.random.key(2)))
+  dirty = host(update(fresh_state(), plant(rollout0, np.random.default_rng(0)), ptx_batch(),
+                      jax.random.key(2)))
+  for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(dirty)):
+    np.testing.assert_array_equal(x, y)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(clean))
+
+
+def test_log_ratios_are_clamped(update, rollout0):
+  far = rollout0.replace(logprobs=rollout0.logprobs - 1e4, ref_logprobs=rollout0.logprobs + 1e4)
+  _, _, mb, adv = host(update(fresh_state(), far, ptx_batch(), jax.random.key(2)))
+  mask = np.asarray(rollout0.response_mask)
+  # Per-token KL clamped at -MAX_LOG_RATIO (k1), summed per episode.
+  np.testing.assert_allclose(adv.kl, -MAX_LOG_RATIO * mask.sum(-1), rtol=1e-6)
+  np.testing.assert_allclose(mb["ratio_max"][0, 0], np.exp(np.float32(MAX_LOG_RATIO)), rtol=1e-5)
+  assert all(np.all(np.isfinite(v)) for v in mb.values())
+
+
+def test_ptx_gradient_is_added_to_ppo_and_off_at_zero(update, rollout0):
+  """ptx_coef=0: the pretraining batch has no effect on the gradient; ptx_coef=c: the gradient
+  is PPO's plus c times the LM loss's (one objective, one backward pass)."""
+  ro = rollout0
+  adv = update(fresh_state(), ro, ptx_batch(), jax.random.key(2))[3]
+  mb = {"tokens": ro.tokens[:M], "positions": ro.positions[:M],
+        "segment_ids": ro.segment_ids[:M], "response_tokens": ro.response_tokens[:M],
+        "response_mask": ro.response_mask[:M], "old_logprobs": ro.logprobs[:M],
+        "advantages": adv.advantages[:M], "prompt_len": P}
+  params = draw_params(POLICY, 0)
+
+  def grads(params, ptx, coef):
+    cfg = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, ptx_coef=coef)
+    return jax.grad(lambda p: ppo.policy_objective(MODELS, cfg, 1.0, p, mb, ptx)[0])(params)
+
+  grads = jax.jit(grads, static_argnums=2)
+  g0a, g0b = host(grads(params, ptx_batch(0), 0.0)), host(grads(params, ptx_batch(1), 0.0))
+  g1 = host(grads(params, ptx_batch(0), 0.5))
+  g_lm = host(jax.jit(jax.grad(lambda p, x: lm_loss(POLICY, p, x)[0]))(params, ptx_batch(0)))
+  for a, b in zip(jax.tree.leaves(g0a), jax.tree.leaves(g0b)):
+    np.testing.assert_array_equal(a, b)
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(g0a), jax.tree.leaves(g1))) > 1e-4
+  for a, b, c in zip(jax.tree.leaves(g0a), jax.tree.leaves(g1), jax.tree.leaves(g_lm)):
+    np.testing.assert_allclose(b, a + 0.5 * c, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------- driver
+
+
+def small_config(steps, **ppo_kw):
+  spec = importlib.util.spec_from_file_location("ppo_cfg", os.path.join(ROOT, "configs",
+                                                                        "ppo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  c.model.dropout_rate = 0.1  # Ignored by PPO (warned).
+  c.data.world.update(num_sft=20, num_rm=20, num_ppo=64, num_heldout=8, num_pretrain=40,
+                      num_pretrain_heldout=8)
+  c.data.seq_len = 32
+  c.train.update(batch_size=8, num_steps=steps, log_every=1, eval_every=steps, eval_batches=1,
+                 save_every=2)
+  c.optim.warmup_steps = 1
+  c.value_optim.warmup_steps = 1
+  c.ppo.update(rollout_batch_size=16, minibatch_size=8, epochs=1, ptx_batch_size=16,
+               max_new_tokens=6, eval_prompts=8, **ppo_kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+  """A tiny random 'SFT' model dir and a 'reward model' dir, CharTokenizer."""
+  root = tmp_path_factory.mktemp("models")
+  tok = CharTokenizer()
+  cfg = model_cfg()
+  sft = str(root / "sft")
+  save_model(sft, draw_params(DecoderLM(cfg), 0), cfg, tok, head="lm")
+  rm = str(root / "rm")
+  save_model(rm, draw_params(DecoderLM(cfg, head="scalar"), 2, scale=0.1), cfg, tok,
+             head="scalar")
+  return sft, rm
+
+
+def run_driver(model_dirs, workdir, steps, stop_after=0):
+  c = small_config(steps)
+  c.init_from, c.reward_model = model_dirs
+  c.train.stop_after = stop_after
+  return ppo_driver.run(c, workdir)
+
+
+def test_driver_resume_is_bitwise_identical(model_dirs, tmp_path):
+  straight = str(tmp_path / "straight")
+  out = run_driver(model_dirs, straight, 4)
+  resumed = str(tmp_path / "resumed")
+  run_driver(model_dirs, resumed, 4, stop_after=2)
+  out2 = run_driver(model_dirs, resumed, 4)
+  assert out2["train"]["resumed_from"] == 2 and out2["steps"] == 4
+  assert out["kl_beta"] == out2["kl_beta"] != 0.05  # The KL controller came back too.
+  for d in ("model", "value_model"):
+    a, b = load_model(os.path.join(straight, d))[0], load_model(os.path.join(resumed, d))[0]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(x, y)
+  with open(os.path.join(straight, "ppo_results.json")) as f:
+    results = json.load(f)
+  for ev in (results["sft_eval"], results["final_eval"]):
+    for k in ("score", "kl", "correctness", "pretrain_heldout_loss", "eos_fraction"):
+      assert np.isfinite(ev[k]), k
+  assert results["sft_eval"]["kl"] == 0.0
+  _, cfg, _, head, meta = load_model(os.path.join(straight, "value_model"))
+  assert head == "scalar" and meta["stage"] == "ppo_value"
+  assert load_model(os.path.join(straight, "model"))[1].dropout_rate == 0.0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("ppo.minibatch_size", 5, r"config\.ppo\.minibatch_size"),
+    ("ppo.temperature", 0.0, r"config\.ppo\.temperature"),
+    ("ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator"),
+    ("ppo.ptx_batch_size", 12, r"config\.ppo\.ptx_batch_size"),
+    ("ppo.max_new_tokens", 60, r"config\.data\.prompt_len \+ config\.ppo\.max_new_tokens"),
+    ("value_init", "random", r"config\.value_init"),
+    ("reward_model", "", r"config\.reward_model"),
+])
+def test_bad_configs_fail_before_compiling_naming_the_key(model_dirs, tmp_path, key, value,
+                                                          match):
+  c = small_config(2)
+  c.init_from, c.reward_model = model_dirs
+  section, _, name = key.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(ConfigError, match=match):
+    ppo_driver.run(c, str(tmp_path))
+
+
+def test_reward_model_must_have_a_scalar_head(model_dirs, tmp_path):
+  c = small_config(2)
+  c.init_from, c.reward_model = model_dirs[0], model_dirs[0]
+  with pytest.raises(ConfigError, match=r"config\.reward_model: .* head 'lm'"):
+    ppo_driver.run(c, str(tmp_path))
