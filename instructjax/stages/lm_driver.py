@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax import config_lib
+from instructjax import config_lib, memory
 from instructjax.data import make_lm_iterator
+from instructjax.distributed import host_batch_size
 from instructjax.model_io import load_model, save_model
 from instructjax.models import DecoderLM, ModelConfig
 from instructjax.models.config import ConfigError
@@ -62,7 +63,7 @@ def sharding_context(config) -> ShardingContext:
 
 
 def fixed_eval_batches(records, tokenizer, config, mode: str, ctx) -> list[dict]:
-  it = make_lm_iterator(records, tokenizer, batch_size=config.train.batch_size,
+  it = make_lm_iterator(records, tokenizer, batch_size=host_batch_size(config.train.batch_size),
                         seq_len=config.data.seq_len, seed=0, pack=config.data.pack, mode=mode,
                         num_epochs=1, shuffle=False, drop_remainder=False,
                         on_error=config.data.on_error, log=False)
@@ -102,12 +103,15 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   # Data first: every bad record is reported before anything is compiled.
   host_iter = make_lm_iterator(
-      inputs.lm_records(config, mode, "train"), tokenizer, batch_size=config.train.batch_size,
+      inputs.lm_records(config, mode, "train"), tokenizer,
+      batch_size=host_batch_size(config.train.batch_size),
       seq_len=config.data.seq_len, seed=config.seed, pack=config.data.pack, mode=mode,
       on_error=config.data.on_error)
   eval_batches = fixed_eval_batches(inputs.lm_records(config, mode, "eval"), tokenizer, config,
                                     mode, ctx)
 
+  memory.log_plan(model, tx, ctx, config.train.batch_size, config.data.seq_len,
+                  rules_name=config.mesh.rules, label=mode)
   rng = jax.random.key(config.seed)
   state, shardings = create_train_state(model, tx, jax.random.fold_in(rng, 1), ctx,
                                         params=start_params)
