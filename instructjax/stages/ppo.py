@@ -17,6 +17,9 @@ An iteration is
      gradient) and one clipped value-loss step of the value model with its own optimizer;
   4. the KL controller sees the rollout's KL; the optional policy EMA follows the new weights.
 
+Top-k / top-p only shape what the sampler draws; the policy PPO optimises (and the KL is
+measured on) is the unfiltered softmax(logits / T), which is also what the sampler reports.
+
 Alignment: for a batch of width P (prompt) + N (response), response token t sits at column
 P + t and is predicted by the logits (and valued by the value head) at column P + t - 1.
 

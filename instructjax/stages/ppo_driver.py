@@ -276,7 +276,11 @@ def compiled_iteration(cfg: PPOConfig, models: PPOModels, sampling: SamplingConf
                        ctx: Optional[ShardingContext], policy_optim: tuple, value_optim: tuple,
                        total_updates: int, kl_static: tuple, prompt_shape: tuple,
                        ptx_shape: Optional[tuple]):
-  """(jitted iteration, policy_tx, value_tx, state shardings) for these static settings."""
+  """(jitted iteration, policy_tx, value_tx, state shardings) for these static settings.
+
+  Like `stages.jit.jit_step` (state donated, shardings from the rules), with the nested
+  {"prompts", "ptx"} batch laid out along its leading axes.
+  """
   policy_tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(policy_optim)),
                                        total_updates)
   value_tx, _ = make_optimizer(ml_collections.ConfigDict(dict(value_optim)), total_updates)
@@ -396,7 +400,7 @@ def _eval_params(state):
 # The stage
 
 
-def load_weights(config, policy_cfg: ModelConfig, rm_cfg: ModelConfig):
+def load_weights(config):
   """(policy params, RM params, value params, tokenizer), checking the two tokenizers agree."""
   policy_params, _, tokenizer, _, _ = load_model(config.init_from)
   rm_params, _, rm_tokenizer, _, _ = load_model(config.reward_model)
@@ -451,7 +455,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       cfg, models, sampling, ctx, _frozen(config.optim), _frozen(config.value_optim),
       total_updates, (kl.target, kl.horizon), (cfg.rollout_batch_size, p_len), ptx_shape)
 
-  policy_params, rm_params, value_params, _ = load_weights(config, policy_cfg, rm_cfg)
+  policy_params, rm_params, value_params, _ = load_weights(config)
   state, _ = create_ppo_state(models.policy, models.value, models.rm, policy_tx, value_tx,
                               policy_params=policy_params, value_params=value_params,
                               rm_params=rm_params, kl=kl, ema=cfg.ema_decay > 0, ctx=ctx)

@@ -29,6 +29,8 @@ B, P, N, M = 8, 8, 6, 4  # Rollout rows, prompt width, new tokens, minibatch.
 EOS, PAD = 2, 0
 CFG = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, epochs=2, ptx_coef=0.5,
                     ema_decay=0.9, entropy_coef=0.01)
+# Without ptx, entropy bonus or EMA: a smaller program for the tests that compile their own.
+LIGHT = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, epochs=1)
 SAMPLING = SamplingConfig(max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.7)
 GREEDY = SamplingConfig(max_new_tokens=N, eos_id=EOS, pad_id=PAD, temperature=0.0)
 LR = 1e-3
@@ -194,9 +196,9 @@ def test_nonfinite_loss_stops_the_run_naming_step_and_quantity(iteration, tmp_pa
 
 
 def test_nonfinite_loss_with_skip_keeps_the_state_and_counts(tmp_path):
-  fn = ppo.make_ppo_iteration(CFG, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+  fn = ppo.make_ppo_iteration(LIGHT, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
                               SAMPLING)
-  state = fresh_state(rm_bias=float("inf"))
+  state = fresh_state(LIGHT, rm_bias=float("inf"))
   start = host(state.policy_params)
   data = iter([batch(s) for s in range(2)])
   state, summary = run_loop(fn, state, data, jax.random.key(0), num_steps=2,
@@ -219,10 +221,10 @@ def greedy_rollout():
 @pytest.fixture(scope="module")
 def update():
   """rewards + GAE + update on a given rollout (logprob temperature 1: greedy rollouts)."""
-  def fn(state, ro, ptx, rng):
-    adv = ppo.rewards_and_advantages(CFG, ro, state.kl.beta)
-    state, mb = ppo.ppo_update(MODELS, CFG, optax.adam(LR), optax.adam(LR), 1.0, state, ro,
-                               adv, ptx, rng)
+  def fn(state, ro, rng):
+    adv = ppo.rewards_and_advantages(LIGHT, ro, state.kl.beta)
+    state, mb = ppo.ppo_update(MODELS, LIGHT, optax.adam(LR), optax.adam(LR), 1.0, state, ro,
+                               adv, None, rng)
     return state.policy_params, state.value_params, mb, adv
   return jax.jit(fn)
 
@@ -274,8 +276,8 @@ def plant(ro, rng):
 
 def test_garbage_in_padding_reaches_no_loss_or_gradient(update, rollout0):
   assert not np.all(np.asarray(rollout0.response_mask))  # There is padding to plant in.
-  clean = host(update(fresh_state(), rollout0, ptx_batch(), jax.random.key(2)))
-  dirty = host(update(fresh_state(), plant(rollout0, np.random.default_rng(0)), ptx_batch(),
+  clean = host(update(fresh_state(LIGHT), rollout0, jax.random.key(2)))
+  dirty = host(update(fresh_state(LIGHT), plant(rollout0, np.random.default_rng(0)),
                       jax.random.key(2)))
   for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(dirty)):
     np.testing.assert_array_equal(x, y)
@@ -284,7 +286,7 @@ def test_garbage_in_padding_reaches_no_loss_or_gradient(update, rollout0):
 
 def test_log_ratios_are_clamped(update, rollout0):
   far = rollout0.replace(logprobs=rollout0.logprobs - 1e4, ref_logprobs=rollout0.logprobs + 1e4)
-  _, _, mb, adv = host(update(fresh_state(), far, ptx_batch(), jax.random.key(2)))
+  _, _, mb, adv = host(update(fresh_state(LIGHT), far, jax.random.key(2)))
   mask = np.asarray(rollout0.response_mask)
   # Per-token KL clamped at -MAX_LOG_RATIO (k1), summed per episode.
   np.testing.assert_allclose(adv.kl, -MAX_LOG_RATIO * mask.sum(-1), rtol=1e-6)
@@ -296,7 +298,7 @@ def test_ptx_gradient_is_added_to_ppo_and_off_at_zero(update, rollout0):
   """ptx_coef=0: the pretraining batch has no effect on the gradient; ptx_coef=c: the gradient
   is PPO's plus c times the LM loss's (one objective, one backward pass)."""
   ro = rollout0
-  adv = update(fresh_state(), ro, ptx_batch(), jax.random.key(2))[3]
+  adv = update(fresh_state(LIGHT), ro, jax.random.key(2))[3]
   mb = {"tokens": ro.tokens[:M], "positions": ro.positions[:M],
         "segment_ids": ro.segment_ids[:M], "response_tokens": ro.response_tokens[:M],
         "response_mask": ro.response_mask[:M], "old_logprobs": ro.logprobs[:M],
