@@ -45,18 +45,29 @@ class Launch:
 
   def __init__(self, commands_envs: Sequence[tuple[list[str], dict[str, str]]], what: str):
     self.what = what
-    self.logs = [tempfile.TemporaryFile("w+") for _ in commands_envs]
+    self.logs = [tempfile.NamedTemporaryFile("w+") for _ in commands_envs]
     self.procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    text=True) for (cmd, env), log in zip(commands_envs, self.logs)]
+
+  def _raised(self) -> bool:
+    for log in self.logs:
+      log.flush()
+      with open(log.name) as f:
+        if "Traceback (most recent call last)" in f.read():
+          return True
+    return False
 
   def wait(self, timeout: float = 300) -> list[str]:
     """Every process's output; one failing ends the others (they would wait on it forever)."""
     deadline = time.time() + timeout
     try:
-      while any(p.poll() is None for p in self.procs):
-        if any(p.returncode for p in self.procs) or time.time() > deadline:
+      while True:
+        codes = [p.poll() for p in self.procs]  # Every process polled: any() would stop early.
+        if all(c is not None for c in codes) or any(codes) or time.time() > deadline:
           break
-        time.sleep(0.2)
+        if self._raised():
+          break  # A JAX process that raised waits in the shutdown barrier for its peers.
+        time.sleep(0.5)
     finally:
       for p in self.procs:  # Only our own children, by handle.
         if p.poll() is None:
@@ -67,7 +78,8 @@ class Launch:
       log.seek(0)
       outputs.append(log.read())
       log.close()
-    failed = [(i, p.returncode) for i, p in enumerate(self.procs) if p.returncode]
+    failed = [(i, p.returncode) for i, p in enumerate(self.procs)
+              if p.returncode or "Traceback (most recent call last)" in outputs[i]]
     if failed:
       tails = "\n".join(f"--- process {i} (rc {rc}):\n{outputs[i][-4000:]}" for i, rc in failed)
       raise AssertionError(f"{self.what} failed:\n{tails}")
@@ -80,9 +92,9 @@ def start_single(config: str, workdir: str, overrides: Mapping[str, object],
                 f"train.py on {num_devices} devices")
 
 
-def start_multi(config: str, workdir: str, overrides: Mapping[str, object], num_processes: int,
-                devices_per_process: int) -> Launch:
-  """One training run as `num_processes` JAX processes on this machine."""
+def multi_runs(config: str, workdir: str, overrides: Mapping[str, object], num_processes: int,
+               devices_per_process: int) -> list[tuple[list[str], dict[str, str]]]:
+  """(command, environment) of each process of one multi-process run on this machine."""
   port = free_port()
   runs = []
   for rank in range(num_processes):
@@ -91,4 +103,11 @@ def start_multi(config: str, workdir: str, overrides: Mapping[str, object], num_
         "INSTRUCTJAX_NUM_PROCESSES": str(num_processes),
         "INSTRUCTJAX_PROCESS_ID": str(rank)})
     runs.append((train_command(config, workdir, overrides), env))
-  return Launch(runs, f"{num_processes}-process train.py")
+  return runs
+
+
+def start_multi(config: str, workdir: str, overrides: Mapping[str, object], num_processes: int,
+                devices_per_process: int) -> Launch:
+  """One training run as `num_processes` JAX processes on this machine."""
+  return Launch(multi_runs(config, workdir, overrides, num_processes, devices_per_process),
+                f"{num_processes}-process train.py")
