@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.model = config_lib.model_config(a.variant)
   c.mesh = config_lib.mesh_config()
   if a.variant.startswith("tiny"):
-    c.data = config_lib.data_config(seq_len=64, pack=False, num_sft=3000, num_heldout=300)
+    c.data = config_lib.data_config(seq_len=96, pack=False, num_sft=3000, num_heldout=300)
     c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 300, log_every=25,
                                       eval_every=150, eval_batches=4, save_every=150)
     c.optim = config_lib.optim_config(lr=1e-3, warmup_steps=30, weight_decay=0.0)

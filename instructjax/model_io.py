@@ -80,3 +80,23 @@ def load_model(directory: str, shardings: Any = None, abstract_params: Any = Non
           shardings)
     params = ckptr.restore(params_path, abstract_params)
   return params, cfg, load_tokenizer(os.path.join(directory, TOKENIZER_DIR)), head, meta
+
+
+def load_any_model(path: str, key: str = "init_from"
+                   ) -> tuple[Any, ModelConfig, Tokenizer, str, dict]:
+  """A stage's starting model: an instructjax model directory or a local Hugging Face one
+  (config.json + safetensors). Errors name the config key that pointed here."""
+  from instructjax.models.config import ConfigError  # Local: avoids a cycle at import.
+  if not os.path.isdir(path):
+    raise ConfigError(f"config.{key}: {path} is not a directory")
+  if is_model_dir(path):
+    return load_model(path)
+  from instructjax.hf.convert import import_hf, is_hf_dir  # Optional dependency.
+  if not is_hf_dir(path):
+    raise ConfigError(f"config.{key}: {path} is neither an instructjax model directory "
+                      f"({MODEL_CONFIG_FILE} + {PARAMS_DIR}/) nor a Hugging Face one (config.json)")
+  imported = import_hf(path)
+  if imported.tokenizer is None:
+    raise ConfigError(f"config.{key}: {path} has no tokenizer files; save the tokenizer with "
+                      "the model (tokenizer.save_pretrained)")
+  return imported.params, imported.config, imported.tokenizer, imported.head, {"source": path}

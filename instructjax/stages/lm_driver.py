@@ -12,7 +12,7 @@ import numpy as np
 from instructjax import config_lib, memory
 from instructjax.data import make_lm_iterator
 from instructjax.distributed import host_batch_size
-from instructjax.model_io import load_model, save_model
+from instructjax.model_io import load_any_model, save_model
 from instructjax.models import DecoderLM, ModelConfig
 from instructjax.models.config import ConfigError
 from instructjax.optim import make_optimizer
@@ -39,9 +39,10 @@ def model_dir(workdir: str) -> str:
 def resolve_start(config, head: str = "lm"):
   """(ModelConfig, tokenizer, params or None) from config.init_from or config.model."""
   if config.init_from:
-    if not os.path.isdir(config.init_from):
-      raise ConfigError(f"config.init_from: {config.init_from} is not a directory")
-    params, saved_cfg, tokenizer, _, _ = load_model(config.init_from)
+    params, saved_cfg, tokenizer, saved_head, _ = load_any_model(config.init_from)
+    if saved_head != head:
+      raise ConfigError(f"config.init_from: {config.init_from} has a {saved_head!r} head; "
+                        f"this stage needs {head!r}")
     runtime = {k: config.model[k] for k in RUNTIME_FIELDS}
     return saved_cfg.replace(**runtime).validate(), tokenizer, params
   model_cfg = config_lib.to_model_config(config.model)

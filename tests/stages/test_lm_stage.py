@@ -77,3 +77,16 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(a, b)
   steps = [r["step"] for r in read_metrics(resumed, split="train")]
   assert steps == sorted(set(steps))  # The log continues rather than repeating steps.
+
+
+def test_sft_starts_from_a_hugging_face_directory(pretrained, tmp_path):
+  import instructjax
+  pre_dir, _ = pretrained
+  hf_dir = str(tmp_path / "hf")
+  instructjax.load(os.path.join(pre_dir, "model")).to_hf(hf_dir)
+  c = small_config("sft.py", 2)
+  c.init_from = hf_dir
+  lm_driver.run(c, str(tmp_path / "sft"))
+  _, cfg, tokenizer, head, meta = load_model(os.path.join(tmp_path, "sft", "model"))
+  assert head == "lm" and meta["stage"] == "sft" and cfg.d_model == 32
+  assert tokenizer.encode("sort: 1 2\n") == instructjax.load(hf_dir).tokenizer.encode("sort: 1 2\n")

@@ -1,0 +1,30 @@
+"""The whole InstructGPT recipe on InstructWorld, evaluated and plotted, in one command.
+
+  python experiments/pipeline.py --config=configs/pipeline.py:tiny --workdir=runs/instructworld
+
+Re-running with the same workdir reuses finished stages and resumes an interrupted one.
+Results: <workdir>/eval/results.md (+ results.json and PNG plots).
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from instructjax.logging_setup import setup_logging
+from instructjax.pipeline import run_pipeline
+from instructjax.pipeline_eval import evaluate_pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny",
+                                          "pipeline config file[:arg]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run's directory (one sub-directory a stage)")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  timings = run_pipeline(_CONFIG.value, _WORKDIR.value, evaluate=evaluate_pipeline)
+  print("stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+
+
+if __name__ == "__main__":
+  app.run(main)
