@@ -142,9 +142,17 @@ def initialize(section: Optional[Mapping[str, Any]] = None,
     return spec
   # Before the CPU backend exists: the option is read when the client is created.
   jax.config.update("jax_cpu_collectives_implementation", spec.cpu_collectives)
-  jax.distributed.initialize(coordinator_address=spec.coordinator_address,
-                             num_processes=spec.num_processes, process_id=spec.process_id,
-                             initialization_timeout=spec.initialization_timeout)
+  try:
+    jax.distributed.initialize(coordinator_address=spec.coordinator_address,
+                               num_processes=spec.num_processes, process_id=spec.process_id,
+                               initialization_timeout=spec.initialization_timeout)
+  except ValueError as e:
+    # "auto" on a machine that is no cluster (a laptop, one GPU box): JAX detects nothing and
+    # asks for a coordinator. That is a single-process run, not an error.
+    if spec.source != "jax" or "coordinator_address" not in str(e):
+      raise
+    _log.info("distributed mode auto: no cluster detected (%s); single process", e)
+    return None
   _log.info("distributed (%s): process %d of %d, %d local of %d devices, coordinator %s",
             spec.source, jax.process_index(), jax.process_count(), jax.local_device_count(),
             jax.device_count(), spec.coordinator_address or "detected by JAX")

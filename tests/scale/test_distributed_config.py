@@ -1,4 +1,8 @@
 """Where the distributed coordinates come from: config section, INSTRUCTJAX_* env, JAX detection."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from instructjax import distributed
@@ -64,3 +68,14 @@ def test_merge_sections_later_non_defaults_win():
 def test_single_process_initialize_is_a_no_op_and_host_batch_is_global():
   assert distributed.initialize(section(), environ={}) is None
   assert distributed.host_batch_size(8) == 8  # One process holds the whole global batch.
+
+
+def test_auto_without_a_cluster_is_a_single_process_run():
+  # A fresh interpreter: initialize must come before JAX's backend starts, which in this test
+  # session it already has.
+  code = ("import jax; from instructjax import distributed; "
+          "spec = distributed.initialize(distributed.config_section(mode='auto'), environ={}); "
+          "print(spec, jax.distributed.is_initialized(), jax.process_count())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True).stdout
+  assert out.split() == ["None", "False", "1"]
