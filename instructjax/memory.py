@@ -73,6 +73,7 @@ class Row:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
+  """Rows of per-device bytes for one model on one mesh at one batch x sequence length."""
   label: str
   num_params: int
   mesh_shape: dict[str, int]
