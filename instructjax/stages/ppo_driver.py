@@ -255,7 +255,7 @@ class PPOBatches:
 def gold_of(record) -> Optional[str]:
   """The gold answer of a prompt record: its "gold" metadata, else InstructWorld's rule."""
   meta = getattr(record, "metadata", None) or {}
-  if isinstance(meta, dict) and isinstance(meta.get("gold"), str):
+  if isinstance(meta.get("gold"), str):
     return meta["gold"]
   try:
     return gold_answer(record.prompt)

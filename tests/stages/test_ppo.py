@@ -297,22 +297,24 @@ def test_log_ratios_are_clamped(update, rollout0):
 def test_ptx_gradient_is_added_to_ppo_and_off_at_zero(update, rollout0):
   """ptx_coef=0: the pretraining batch has no effect on the gradient; ptx_coef=c: the gradient
   is PPO's plus c times the LM loss's (one objective, one backward pass)."""
-  ro = rollout0
-  adv = update(fresh_state(LIGHT), ro, jax.random.key(2))[3]
-  mb = {"tokens": ro.tokens[:M], "positions": ro.positions[:M],
-        "segment_ids": ro.segment_ids[:M], "response_tokens": ro.response_tokens[:M],
-        "response_mask": ro.response_mask[:M], "old_logprobs": ro.logprobs[:M],
-        "advantages": adv.advantages[:M], "prompt_len": P}
+  adv = update(fresh_state(LIGHT), rollout0, jax.random.key(2))[3]
   params = draw_params(POLICY, 0)
 
-  def grads(params, ptx, coef):
-    cfg = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, ptx_coef=coef)
-    return jax.grad(lambda p: ppo.policy_objective(MODELS, cfg, 1.0, p, mb, ptx)[0])(params)
+  @jax.jit  # One program for the three gradients: one compilation.
+  def grads(params, ro, advantages, ptx):
+    mb = {"tokens": ro.tokens[:M], "positions": ro.positions[:M],
+          "segment_ids": ro.segment_ids[:M], "response_tokens": ro.response_tokens[:M],
+          "response_mask": ro.response_mask[:M], "old_logprobs": ro.logprobs[:M],
+          "advantages": advantages[:M], "prompt_len": P}
 
-  grads = jax.jit(grads, static_argnums=2)
-  g0a, g0b = host(grads(params, ptx_batch(0), 0.0)), host(grads(params, ptx_batch(1), 0.0))
-  g1 = host(grads(params, ptx_batch(0), 0.5))
-  g_lm = host(jax.jit(jax.grad(lambda p, x: lm_loss(POLICY, p, x)[0]))(params, ptx_batch(0)))
+    def objective_grad(coef):
+      cfg = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, ptx_coef=coef)
+      return jax.grad(lambda p: ppo.policy_objective(MODELS, cfg, 1.0, p, mb, ptx)[0])(params)
+    lm_grad = jax.grad(lambda p: lm_loss(POLICY, p, ptx)[0])(params)
+    return objective_grad(0.0), objective_grad(0.5), lm_grad
+
+  g0a, g1, g_lm = host(grads(params, rollout0, adv.advantages, ptx_batch(0)))
+  g0b = host(grads(params, rollout0, adv.advantages, ptx_batch(1)))[0]
   for a, b in zip(jax.tree.leaves(g0a), jax.tree.leaves(g0b)):
     np.testing.assert_array_equal(a, b)
   assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(g0a), jax.tree.leaves(g1))) > 1e-4
@@ -384,6 +386,28 @@ def test_driver_resume_is_bitwise_identical(model_dirs, tmp_path):
   _, cfg, _, head, meta = load_model(os.path.join(straight, "value_model"))
   assert head == "scalar" and meta["stage"] == "ppo_value"
   assert load_model(os.path.join(straight, "model"))[1].dropout_rate == 0.0
+
+
+def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
+  """Prompts (with a gold answer in their metadata) and ptx texts from JSONL files; the shapes
+  of the test above, so the memoised compiled iteration is reused."""
+  from instructjax.world import splits, write_jsonl
+  world = splits.WorldConfig(num_ppo=32, num_heldout=8, num_pretrain=40, num_pretrain_heldout=8)
+  heldout = splits.heldout_prompts(world)
+  paths = {k: str(tmp_path / f"{k}.jsonl") for k in ("train", "eval", "ptx", "ptx_eval")}
+  write_jsonl(paths["train"], [{"prompt": p} for p in splits.ppo_prompts(world)])
+  write_jsonl(paths["eval"], [{"prompt": p, "gold": "owl"} for p in heldout])
+  write_jsonl(paths["ptx"], [{"text": t} for t in splits.pretrain_documents(world)])
+  write_jsonl(paths["ptx_eval"], [{"text": t} for t in splits.pretrain_heldout_documents(world)])
+  c = small_config(4)
+  c.init_from, c.reward_model = model_dirs
+  c.train.stop_after = 1
+  c.data.update(source="jsonl", train_path=paths["train"], eval_path=paths["eval"],
+                ptx_path=paths["ptx"], ptx_eval_path=paths["ptx_eval"])
+  out = ppo_driver.run(c, str(tmp_path / "w"))
+  assert out["steps"] == 1 and out["final_eval"]["num_prompts"] == 8
+  assert np.isfinite(out["final_eval"]["pretrain_heldout_loss"])
+  assert 0 <= out["final_eval"]["correctness"] <= 1  # Against the "gold" field.
 
 
 @pytest.mark.parametrize("key,value,match", [
