@@ -26,7 +26,7 @@ $(STAMP): setup.py
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/python experiments/train.py --config=configs/pretrain.py:tiny --workdir=$(WORKDIR)/pretrain
+	$(BIN)/python experiments/pipeline.py --config=configs/pipeline.py:tiny --workdir=$(WORKDIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
