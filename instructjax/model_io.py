@@ -74,10 +74,14 @@ def load_model(directory: str, shardings: Any = None, abstract_params: Any = Non
       tree = getattr(meta_tree, "item_metadata", meta_tree)
       tree = getattr(tree, "tree", tree)
       abstract_params = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
-    if shardings is not None:
-      abstract_params = jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
-          shardings)
+    if shardings is None:
+      # Without target shardings, onto this process's first device: the saved layout may name
+      # devices of other hosts or of another topology.
+      local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: local, abstract_params)
+    abstract_params = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+        shardings)
     params = ckptr.restore(params_path, abstract_params)
   return params, cfg, load_tokenizer(os.path.join(directory, TOKENIZER_DIR)), head, meta
 
