@@ -7,6 +7,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from instructjax.models import DecoderLM
@@ -69,7 +70,9 @@ def create_train_state(model: DecoderLM, tx: optax.GradientTransformation, rng: 
   if params is None:
     state = jax.jit(lambda r: nn.meta.unbox(boxed_state(r)), out_shardings=shardings)(rng)
     return state, shardings
-  params = jax.device_put(params, shardings.params)
+  # From host memory: every process holds the same full values, and device_put of host arrays
+  # onto a sharding that spans other processes' devices is allowed where a device array's is not.
+  params = jax.device_put(jax.tree.map(np.asarray, params), shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
   return TrainState(step=step, params=params, opt_state=opt_state), shardings
