@@ -10,7 +10,9 @@ Units: train.num_steps counts PPO iterations (one rollout of ppo.rollout_batch_s
 then ppo.epochs x rollout_batch_size / minibatch_size optimizer steps); optim (policy) and
 value_optim (value model: its own optimizer, e.g. --config.value_optim.lr) count optimizer
 steps, so their warmup is in minibatch updates. train.batch_size is the evaluation batch
-(held-out prompts and held-out pretraining text).
+(held-out prompts and held-out pretraining text), train.eval_batches the number of held-out
+pretraining batches per evaluation (the alignment-tax loss), ppo.eval_prompts the number of
+held-out prompts.
 """
 import ml_collections
 

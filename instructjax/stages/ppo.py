@@ -233,18 +233,16 @@ def map_chunks(fn: Callable[[Any], Any], tree: Any, chunk: int) -> Any:
 
 
 def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: PPOState,
-            prompts: dict, rng: Array, shard: Optional[ShardingContext] = None,
-            policy_params: Any = None) -> Rollout:
+            prompts: dict, rng: Array, shard: Optional[ShardingContext] = None) -> Rollout:
   """Samples one response per prompt and scores it with every model. Pure, jit-able.
 
   Args:
     prompts: {"tokens", "segment_ids"} int32 [B, P], left padded.
-    policy_params: sample with these instead of state.policy_params (evaluation of an EMA).
 
   The forwards run in chunks of `cfg.minibatch_size` rows, the same shape as the update's, so
   the old log-probs are computed exactly as the first minibatch's new ones (ratio exactly 1).
   """
-  params = state.policy_params if policy_params is None else policy_params
+  params = state.policy_params
   temperature = sampling.logprob_temperature
   p = prompts["tokens"].shape[1]
   out = make_sampler(models.policy, sampling, shard)(params, prompts["tokens"],
@@ -399,6 +397,13 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
                "value_grad_norm": optax.global_norm(vgrads)}
     return (pp, popt, vp, vopt), metrics
 
+  if ro.tokens.shape[0] != b:
+    raise ValueError(f"the rollout has {ro.tokens.shape[0]} rows, PPOConfig.rollout_batch_size "
+                     f"is {b}")
+  if cfg.use_ptx and ptx["tokens"].shape[0] % nmb:
+    raise ValueError(f"ptx batch of {ptx['tokens'].shape[0]} rows does not split over "
+                     f"{nmb} minibatches")
+  # Without ptx the ptx row indices are a dummy [nmb, 1] nobody reads (one scan signature).
   ptx_rows_total = ptx["tokens"].shape[0] if cfg.use_ptx else nmb
 
   def epoch(carry, key):
