@@ -80,15 +80,19 @@ def make_rm_eval_step(model: DecoderLM) -> Callable:
   return evaluate
 
 
-def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray,
-                       tie_credit: float = 0.0) -> dict[str, float]:
+def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray, tie_credit: float = 0.0,
+                       ties: Optional[np.ndarray] = None,
+                       pairs: Optional[np.ndarray] = None) -> dict[str, float]:
   """How often `scores` order the pairs of best-first slots as the slots are ordered.
 
   Args:
     scores: [N, K] a score per slot (higher = better); slot i is ranked above slot j if i < j.
     k_mask: [N, K] bool, valid slots.
-    tie_credit: credit for a pair with equal scores (0: counted wrong, as in training metrics;
-      0.5: a coin flip, the fair value for a judge that cannot separate the two).
+    tie_credit: credit for a tied pair (0: counted wrong, as in the training metrics; 0.5: a
+      coin flip, the fair value for a judge that cannot separate the two).
+    ties: optional [N, K, K] bool, pairs that count as tied whatever the scores (identical
+      responses: no judge can order them, the labeler's order is a coin flip).
+    pairs: optional [N, K, K] bool, the only pairs to count.
 
   Returns:
     pair_accuracy (over all pairs), prompt_accuracy (per-prompt mean, then mean over prompts
@@ -98,8 +102,11 @@ def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray,
   k = s.shape[1]
   upper = np.triu(np.ones((k, k), bool), 1)  # i < j: slot i is the better one.
   pair = k_mask[:, :, None] & k_mask[:, None, :] & upper  # [N, K, K]
+  if pairs is not None:
+    pair &= pairs
   diff = s[:, :, None] - s[:, None, :]
-  credit = np.where(diff > 0, 1.0, np.where(diff == 0, tie_credit, 0.0))
+  tied = diff == 0 if ties is None else (diff == 0) | ties
+  credit = np.where(tied, tie_credit, (diff > 0).astype(np.float64))
   per_prompt_pairs = pair.sum(axis=(1, 2))
   has = per_prompt_pairs > 0
   right = (credit * pair).sum(axis=(1, 2))
@@ -110,6 +117,11 @@ def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray,
       "num_pairs": total,
       "num_prompts": int(has.sum()),
   }
+
+
+def identical_slots(tokens: np.ndarray) -> np.ndarray:
+  """[N, K, K] bool: slots i and j hold the same sequence (tokens [N, K, T])."""
+  return (tokens[:, :, None, :] == tokens[:, None, :, :]).all(axis=-1)
 
 
 def rm_init_params(sft_params: dict, rm_abstract: dict) -> dict:

@@ -19,6 +19,7 @@ sampling again and a run with different settings refuses a stale cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,8 +49,9 @@ from instructjax.stages import inputs
 from instructjax.stages.device_data import DeviceIterator, to_device_batch
 from instructjax.stages.jit import jit_step
 from instructjax.stages.lm_driver import RUNTIME_FIELDS, model_dir, sharding_context
-from instructjax.stages.rm import (RM_KEYS, fold_normalization, make_rm_eval_step,
-                                   make_rm_train_step, pairwise_agreement, rm_init_params)
+from instructjax.stages.rm import (RM_KEYS, fold_normalization, identical_slots,
+                                   make_rm_eval_step, make_rm_train_step, pairwise_agreement,
+                                   rm_init_params)
 from instructjax.state import boxed_param_init, create_train_state
 from instructjax.tokenizers import load_tokenizer
 from instructjax.training import CheckpointConfig, run_loop
@@ -311,28 +313,37 @@ def labeler_ceiling(cmps: Sequence[world_cmp.Comparison]) -> dict[str, float]:
   """How often the gold utility orders the labelers' ranked pairs as the labelers did.
 
   The labelers are noisy (Plackett-Luce at temperature 0.1), so even a perfect judge of the gold
-  utility disagrees with some of their pairs; this is the ceiling of held-out accuracy.
-  Equal utilities count half (no judge can beat a coin flip on them). Two judges:
-    group_utility: the utility of the labeler's own group (knows who labelled);
-    mixed_utility: the group-share-weighted utility (what a group-blind RM can learn at best).
+  utility disagrees with some of their pairs: this is the ceiling of held-out accuracy. Equal
+  utilities count half (no judge can beat a coin flip on them), as identical responses do in
+  `evaluate_batches`. Two judges:
+    group_utility: the utility of the labeler's own group (a judge that knows who labelled);
+    mixed_utility: the group-share-weighted utility (about the best a group-blind RM can do).
+  `*_distinct` count only pairs of different responses, like the RM's accuracy_distinct.
   """
   k_max = max(len(c.responses) for c in cmps)
   own = np.zeros((len(cmps), k_max))
   mixed = np.zeros((len(cmps), k_max))
   mask = np.zeros((len(cmps), k_max), bool)
+  same = np.zeros((len(cmps), k_max, k_max), bool)
   for n, c in enumerate(cmps):
     gold = gold_answer(c.prompt)
     flags = c.finished_flags
-    for slot, i in enumerate(c.ranking):  # Best first, as the RM's slots.
-      own[n, slot] = utility(c.group, c.responses[i], flags[i], gold)
-      mixed[n, slot] = sum(share * utility(g, c.responses[i], flags[i], gold)
+    ranked = [(c.responses[i], flags[i]) for i in c.ranking]  # Best first, as the RM's slots.
+    for slot, (text, finished) in enumerate(ranked):
+      own[n, slot] = utility(c.group, text, finished, gold)
+      mixed[n, slot] = sum(share * utility(g, text, finished, gold)
                            for g, share in GROUP_SHARES.items())
       mask[n, slot] = True
-  a, b = pairwise_agreement(own, mask, 0.5), pairwise_agreement(mixed, mask, 0.5)
-  return {"group_utility_pair_accuracy": a["pair_accuracy"],
-          "group_utility_prompt_accuracy": a["prompt_accuracy"],
-          "mixed_utility_pair_accuracy": b["pair_accuracy"],
-          "mixed_utility_prompt_accuracy": b["prompt_accuracy"]}
+      for other, (text2, _) in enumerate(ranked):
+        same[n, slot, other] = text == text2
+  out = {}
+  for name, u in (("group_utility", own), ("mixed_utility", mixed)):
+    every = pairwise_agreement(u, mask, 0.5)
+    out[f"{name}_pair_accuracy"] = every["pair_accuracy"]
+    out[f"{name}_prompt_accuracy"] = every["prompt_accuracy"]
+    out[f"{name}_pair_accuracy_distinct"] = pairwise_agreement(u, mask, 0.5,
+                                                               pairs=~same)["pair_accuracy"]
+  return out
 
 
 def comparison_sources(config, workdir: str, sft: Sft) -> tuple[Any, Any, dict]:
@@ -370,21 +381,31 @@ def device_batches(host_iter, ctx) -> list[dict]:
 
 
 def evaluate_batches(evaluate: Callable, params, batches: Sequence[dict]) -> dict[str, float]:
-  """Held-out loss (per-prompt weighted) and pairwise accuracies over fixed batches."""
-  scores, masks, loss_sum, prompts = [], [], 0.0, 0.0
+  """Held-out loss (per-prompt weighted) and pairwise accuracies over fixed batches.
+
+  accuracy: over all labeler pairs, a pair of identical responses (or equal scores) counting
+  half, as in `labeler_ceiling`, so the two compare; accuracy_strict: such pairs count wrong
+  (the training metric); accuracy_distinct: only pairs of different responses.
+  """
+  scores, masks, same, loss_sum, prompts = [], [], [], 0.0, 0.0
   for batch in batches:
     m = jax.device_get(evaluate(params, batch))
     loss_sum += float(m["loss"]) * float(m["num_prompts"])
     prompts += float(m["num_prompts"])
     scores.append(np.asarray(m["scores"]))
     masks.append(np.asarray(jax.device_get(batch["k_mask"])))
-  scores, masks = np.concatenate(scores), np.concatenate(masks)
-  agree = pairwise_agreement(scores, masks)
+    same.append(identical_slots(np.asarray(jax.device_get(batch["tokens"]))))
+  scores, masks, same = np.concatenate(scores), np.concatenate(masks), np.concatenate(same)
+  fair = pairwise_agreement(scores, masks, 0.5, ties=same)
+  strict = pairwise_agreement(scores, masks, 0.0)
+  distinct = pairwise_agreement(scores, masks, 0.5, pairs=~same)
   valid = scores[masks]
-  return {"loss": loss_sum / max(prompts, 1.0), "accuracy": agree["pair_accuracy"],
-          "prompt_accuracy": agree["prompt_accuracy"], "num_pairs": agree["num_pairs"],
-          "num_prompts": agree["num_prompts"], "score_mean": float(valid.mean()),
-          "score_std": float(valid.std())}
+  return {"loss": loss_sum / max(prompts, 1.0), "accuracy": fair["pair_accuracy"],
+          "prompt_accuracy": fair["prompt_accuracy"], "accuracy_strict": strict["pair_accuracy"],
+          "accuracy_distinct": distinct["pair_accuracy"],
+          "identical_pair_fraction": 1.0 - distinct["num_pairs"] / max(fair["num_pairs"], 1),
+          "num_pairs": fair["num_pairs"], "num_prompts": fair["num_prompts"],
+          "score_mean": float(valid.mean()), "score_std": float(valid.std())}
 
 
 def text_batches(pairs: Sequence[tuple[str, str]], tokenizer, config, k_max: int,
@@ -437,109 +458,127 @@ def unique(items: Sequence[str]) -> list[str]:
 # The stage
 
 
+@dataclasses.dataclass
+class RmData:
+  """Everything the stage reads, loaded (and sampled) before anything is compiled."""
+  train_iter: Any  # BatchIterator of training comparisons.
+  eval_batches: list[dict]  # Held-out comparisons on device (all of them).
+  norm_samples: list[dict]  # SFT samples the normalisation is computed on.
+  norm_batches: list[dict]  # The same, as RM batches.
+  k_max: int
+  info: dict  # Comparison source, sampling stats, labeler ceiling.
+
+
+def load_data(config, workdir: str, tokenizer, sft: Sft, ctx) -> RmData:
+  train_src, heldout_src, info = comparison_sources(config, workdir, sft)
+  train_iter = comparison_iterator(train_src, tokenizer, config, config.data.k_max or None, True)
+  k_max = int(train_iter.fingerprint["k_max"])
+  eval_iter = (comparison_iterator(heldout_src, tokenizer, config, k_max, False)
+               if heldout_src is not None else None)
+  eval_batches = device_batches(eval_iter, ctx) if eval_iter is not None else []
+  pool = (train_iter if config.rm.norm_prompts == "train" else eval_iter).records
+  samples = norm_samples(config, workdir, sft, unique([c.prompt for c in pool]))
+  norm_batches = text_batches([(s["prompt"], s["response"]) for s in samples], tokenizer, config,
+                              k_max, ctx)
+  return RmData(train_iter, eval_batches, samples, norm_batches, k_max, info)
+
+
+def normalize(evaluate: Callable, params, data: RmData, config) -> tuple[Any, dict]:
+  """Folds into the head the map under which the SFT samples score mean 0 (std 1 for
+  "gain_bias"); returns (params, what was done)."""
+  raw = score_texts(evaluate, params, data.norm_batches)
+  gain, bias = 1.0, 0.0
+  if config.rm.normalize != "none":
+    g, b = reward_normalization(jnp.asarray(raw), mode=config.rm.normalize)
+    gain, bias = float(g), float(b)
+  params = fold_normalization(params, gain, bias)
+  after = score_texts(evaluate, params, data.norm_batches)
+  return params, {
+      "mode": config.rm.normalize, "gain": gain, "bias": bias,
+      "reference": f"{len(data.norm_samples)} SFT samples (temperature {config.rm.temperature}) "
+                   f"on {config.rm.norm_prompts} prompts ({NORM_SAMPLES_FILE})",
+      "num_samples": int(raw.size), "score_mean_before": float(raw.mean()),
+      "score_std_before": float(raw.std()), "score_mean_after": float(after.mean()),
+      "score_std_after": float(after.std())}
+
+
+def batch_spec(config, k_max: int) -> dict:
+  b, t = config.train.batch_size, config.data.seq_len
+  slots = lambda dtype: jax.ShapeDtypeStruct((b, k_max), dtype)
+  seqs = lambda: jax.ShapeDtypeStruct((b, k_max, t), jnp.int32)
+  return {"tokens": seqs(), "positions": seqs(), "segment_ids": seqs(),
+          "k_mask": slots(jnp.bool_), "last_index": slots(jnp.int32)}
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and normalises the reward model; returns the results dict."""
   t_start = time.time()
   validate(config, jax.device_count())
   ctx = sharding_context(config)
   sft_cfg, _, _ = read_model_dir_config(config.init_from)
+  if config.data.seq_len > sft_cfg.max_seq_len:
+    raise ConfigError(f"config.data.seq_len={config.data.seq_len} exceeds the model's "
+                      f"max_seq_len {sft_cfg.max_seq_len} ({config.init_from})")
   model_cfg = sft_cfg.replace(**{k: config.model[k] for k in RUNTIME_FIELDS}).validate()
   tokenizer = load_tokenizer(os.path.join(config.init_from, TOKENIZER_DIR))
   sft = Sft(config, ctx)
-
   # Data first (sampling included): every bad record is reported before the step compiles.
-  train_src, heldout_src, info = comparison_sources(config, workdir, sft)
-  host_iter = comparison_iterator(train_src, tokenizer, config, config.data.k_max or None, True)
-  k_max = int(host_iter.fingerprint["k_max"])
-  eval_iter = (comparison_iterator(heldout_src, tokenizer, config, k_max, False)
-               if heldout_src is not None else None)
-  eval_batches = device_batches(eval_iter, ctx) if eval_iter is not None else []
-  norm_pool = (host_iter if config.rm.norm_prompts == "train" else eval_iter).records
-  samples = norm_samples(config, workdir, sft, unique([c.prompt for c in norm_pool]))
-  norm_batches = text_batches([(s["prompt"], s["response"]) for s in samples], tokenizer, config,
-                              k_max, ctx)
+  data = load_data(config, workdir, tokenizer, sft, ctx)
 
   model = DecoderLM(model_cfg, head="scalar", shard=ctx)
-  rm_abstract = unboxed(abstract_params(model))
-  sft_params = sft.load()[1]
   try:
-    start_params = rm_init_params(sft_params, rm_abstract)
+    start_params = rm_init_params(sft.load()[1], unboxed(abstract_params(model)))
   except ValueError as e:
     raise ConfigError(f"config.init_from: {e}") from e
   sft.release()
-  del sft_params
-
   tx, schedule = make_optimizer(config.optim, config.train.num_steps)
   rng = jax.random.key(config.seed)
   state, shardings = create_train_state(model, tx, jax.random.fold_in(rng, 1), ctx,
                                         params=start_params)
   del start_params
-  b, t = config.train.batch_size, config.data.seq_len
-  batch_spec = {"tokens": jax.ShapeDtypeStruct((b, k_max, t), jnp.int32),
-                "positions": jax.ShapeDtypeStruct((b, k_max, t), jnp.int32),
-                "segment_ids": jax.ShapeDtypeStruct((b, k_max, t), jnp.int32),
-                "k_mask": jax.ShapeDtypeStruct((b, k_max), jnp.bool_),
-                "last_index": jax.ShapeDtypeStruct((b, k_max), jnp.int32)}
-  step_fn = jit_step(make_rm_train_step(model, tx, schedule), ctx, shardings, batch_spec)
+  step_fn = jit_step(make_rm_train_step(model, tx, schedule), ctx, shardings,
+                     batch_spec(config, data.k_max))
   evaluate = jax.jit(make_rm_eval_step(model))
-  periodic = eval_batches[:config.train.eval_batches]
+  periodic = data.eval_batches[:config.train.eval_batches]
   eval_fn = (lambda s, step: evaluate_batches(evaluate, s.params, periodic)) if periodic else None
   best = config.train.keep_best_metric or None
-  best_mode = "max" if best and "accuracy" in best else "min"
   state, summary = run_loop(
-      step_fn, state, DeviceIterator(host_iter, ctx, RM_KEYS), jax.random.fold_in(rng, 2),
+      step_fn, state, DeviceIterator(data.train_iter, ctx, RM_KEYS), jax.random.fold_in(rng, 2),
       num_steps=config.train.num_steps, workdir=workdir, log_every=config.train.log_every,
       eval_every=config.train.eval_every if eval_fn else 0, eval_fn=eval_fn,
       save_every=config.train.save_every,
       checkpoint=CheckpointConfig(max_to_keep=config.train.max_to_keep, best_metric=best,
-                                  best_mode=best_mode),
+                                  best_mode="max" if best and "accuracy" in best else "min"),
       on_nonfinite=config.train.on_nonfinite, model_config=model_cfg, tokenizer=tokenizer)
-  train_s = summary.wall_time_s
-  params = state.params
 
-  heldout = evaluate_batches(evaluate, params, eval_batches) if eval_batches else {}
-  # Normalisation: SFT samples score gain * s + bias, mean 0 (std 1 with "gain_bias").
-  raw = score_texts(evaluate, params, norm_batches)
-  if config.rm.normalize == "none":
-    gain, bias = 1.0, 0.0
-  else:
-    g, bb = reward_normalization(jnp.asarray(raw), mode=config.rm.normalize)
-    gain, bias = float(g), float(bb)
-  params = fold_normalization(params, gain, bias)
-  after = score_texts(evaluate, params, norm_batches)
-  normalization = {
-      "mode": config.rm.normalize, "gain": gain, "bias": bias,
-      "reference": f"{len(samples)} SFT samples (temperature {config.rm.temperature}) on "
-                   f"{config.rm.norm_prompts} prompts, {os.path.join(workdir, NORM_SAMPLES_FILE)}",
-      "num_samples": int(raw.size), "score_mean_before": float(raw.mean()),
-      "score_std_before": float(raw.std()), "score_mean_after": float(after.mean()),
-      "score_std_after": float(after.std())}
+  heldout = (evaluate_batches(evaluate, state.params, data.eval_batches) if data.eval_batches
+             else {})
+  params, normalization = normalize(evaluate, state.params, data, config)
   if heldout:
-    heldout["score_mean_normalized"] = gain * heldout["score_mean"] + bias
-    heldout["score_std_normalized"] = abs(gain) * heldout["score_std"]
-
-  steps_done = summary.final_step - summary.start_step
-  results = {
-      "stage": "rm", "steps": int(summary.final_step), "k_max": k_max,
-      "num_train_comparisons": len(host_iter.records), "heldout": heldout,
-      "normalization": normalization, **info,
-      "train": {"last": summary.train_metrics, "loop_wall_s": train_s,
-                "steps_this_run": steps_done,
-                "steps_per_sec_loop": steps_done / max(train_s, 1e-9),
-                "resumed_from": summary.resumed_from},
-      "wall_time_s": time.time() - t_start}
+    heldout["score_mean_normalized"] = normalization["gain"] * heldout["score_mean"] + (
+        normalization["bias"])
+    heldout["score_std_normalized"] = abs(normalization["gain"]) * heldout["score_std"]
   meta = {"stage": "rm", "steps": int(summary.final_step), "normalization": normalization,
           "heldout_accuracy": heldout.get("accuracy"),
-          "heldout_prompt_accuracy": heldout.get("prompt_accuracy"),
-          "comparison_source": info.get("comparison_source"),
+          "comparison_source": data.info.get("comparison_source"),
           "init_from": os.path.abspath(config.init_from)}
   save_model(model_dir(workdir), params, model_cfg, tokenizer, head="scalar", meta=meta)
-  results["wall_time_s"] = time.time() - t_start
+  steps_done = summary.final_step - summary.start_step
+  results = {
+      "stage": "rm", "steps": int(summary.final_step), "k_max": data.k_max,
+      "num_train_comparisons": len(data.train_iter.records), "heldout": heldout,
+      "normalization": normalization, **data.info,
+      "train": {"last": summary.train_metrics, "loop_wall_s": summary.wall_time_s,
+                "steps_this_run": steps_done, "resumed_from": summary.resumed_from,
+                "steps_per_sec_loop": steps_done / max(summary.wall_time_s, 1e-9)},
+      "wall_time_s": time.time() - t_start}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2, sort_keys=True, default=float)
-  _log.info("rm finished: held-out pairwise accuracy %s (labeler ceiling %s); SFT samples "
-            "score %.3g -> %.2g after normalisation; model in %s",
-            heldout.get("accuracy"), info.get("labeler_ceiling"), raw.mean(), after.mean(),
-            model_dir(workdir))
+  ceiling = data.info.get("labeler_ceiling", {})
+  _log.info("rm finished: held-out pairwise accuracy %s (labeler ceiling %s, group-blind %s); "
+            "SFT samples score %.3g -> %.2g after normalisation; model in %s",
+            heldout.get("accuracy"), ceiling.get("group_utility_pair_accuracy"),
+            ceiling.get("mixed_utility_pair_accuracy"), normalization["score_mean_before"],
+            normalization["score_mean_after"], model_dir(workdir))
   return results
