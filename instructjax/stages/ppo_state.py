@@ -12,6 +12,7 @@ from typing import Any, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from instructjax.models import DecoderLM
@@ -79,21 +80,22 @@ def create_ppo_state(policy_model: DecoderLM, value_model: DecoderLM, rm_model: 
   ref_params = policy_params if ref_params is None else ref_params
   if ctx is None:
     shardings = None
-    place = lambda tree, _: tree
+    own = lambda tree, _: jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
     init = lambda tx, params, _: tx.init(params)
   else:
     shardings = ppo_state_shardings(policy_model, value_model, rm_model, policy_tx, value_tx,
                                     kl, ema, ctx)
-    place = jax.device_put
+    # From host memory (as create_train_state): fresh buffers, and multi-host safe, since
+    # every process holds the same full values.
+    own = lambda tree, sh: jax.device_put(jax.tree.map(np.asarray, tree), sh)
     init = lambda tx, params, sh: jax.jit(tx.init, out_shardings=sh)(params)
-  own = lambda tree, sh: jax.tree.map(lambda x: jnp.array(x, copy=True), place(tree, sh))
   pick = lambda name: None if shardings is None else getattr(shardings, name)
   policy = own(policy_params, pick("policy_params"))
   value = own(value_params, pick("value_params"))
   state = PPOState(
-      step=place(jnp.zeros((), jnp.int32), pick("step")), policy_params=policy,
+      step=own(np.zeros((), np.int32), pick("step")), policy_params=policy,
       policy_opt_state=init(policy_tx, policy, pick("policy_opt_state")), value_params=value,
       value_opt_state=init(value_tx, value, pick("value_opt_state")),
       ref_params=own(ref_params, pick("ref_params")), rm_params=own(rm_params, pick("rm_params")),
-      kl=place(kl, pick("kl")), ema_params=own(policy_params, pick("ema_params")) if ema else None)
+      kl=own(kl, pick("kl")), ema_params=own(policy_params, pick("ema_params")) if ema else None)
   return state, shardings
