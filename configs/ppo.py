@@ -60,7 +60,8 @@ def get_config(arg=None):
     c.data = config_lib.data_config(seq_len=128, pack=True, num_sft=3000, num_rm=1500,
                                     num_ppo=4000, num_heldout=300, num_pretrain=6000,
                                     num_pretrain_heldout=300)
-    c.data.prompt_len = 40  # InstructWorld prompts have at most 39 characters.
+    # InstructWorld prompts have at most 39 characters, 48 with a group tag "(polite) ".
+    c.data.prompt_len = 48
     c.train = config_lib.train_config(batch_size=64, num_steps=a.steps or 60, log_every=5,
                                       eval_every=30, eval_batches=4, save_every=30)
     c.optim = config_lib.optim_config(lr=3e-5, warmup_steps=10, decay="constant",

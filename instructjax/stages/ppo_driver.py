@@ -222,6 +222,18 @@ def ptx_records(config, split: str) -> Any:
   return data.ptx_path if split == "train" else (data.ptx_eval_path or None)
 
 
+def check_world_prompt_len(config, tokenizer) -> None:
+  """InstructWorld prompts must fit whole: cutting one from the left (what the prompt
+  pipeline does to long prompts) would drop its instruction or its group tag."""
+  if config.data.source != "instructworld":
+    return
+  longest = max(len(tokenizer.encode(r["prompt"]))
+                for split in ("train", "eval") for r in prompt_records(config, split))
+  if longest > config.data.prompt_len:
+    raise ConfigError(f"config.data.prompt_len={config.data.prompt_len} is shorter than the "
+                      f"world's longest prompt ({longest} tokens)")
+
+
 class PPOBatches:
   """{"prompts": [B, P] prompt batch, "ptx": [B_ptx, T] LM batch (when used)} on device.
 
@@ -433,6 +445,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   p_len = int(config.data.prompt_len)
 
   # Data first: every bad record is reported before anything is compiled.
+  check_world_prompt_len(config, tokenizer)
   prompts_iter = make_prompt_iterator(
       prompt_records(config, "train"), tokenizer, batch_size=cfg.rollout_batch_size,
       prompt_len=p_len, seed=config.seed, on_error=config.data.on_error)

@@ -417,6 +417,7 @@ def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
     ("ppo.ptx_batch_size", 12, r"config\.ppo\.ptx_batch_size"),
     ("ppo.max_new_tokens", 60, r"config\.data\.prompt_len \+ config\.ppo\.max_new_tokens"),
     ("value_init", "random", r"config\.value_init"),
+    ("data.prompt_len", 20, r"config\.data\.prompt_len=20 is shorter"),
     ("reward_model", "", r"config\.reward_model"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_key(model_dirs, tmp_path, key, value,
