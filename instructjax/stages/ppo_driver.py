@@ -36,6 +36,7 @@ import numpy as np
 
 from instructjax import config_lib
 from instructjax.data import make_lm_iterator, make_prompt_iterator
+from instructjax.distributed import host_batch_size
 from instructjax.generation import SamplingConfig
 from instructjax.model_io import TOKENIZER_DIR, load_model, read_model_dir_config, save_model
 from instructjax.models import DecoderLM, ModelConfig
@@ -314,7 +315,18 @@ def compiled_iteration(cfg: PPOConfig, models: PPOModels, sampling: SamplingConf
 @functools.lru_cache(maxsize=8)
 def compiled_eval_episodes(models: PPOModels, sampling: SamplingConfig,
                            ctx: Optional[ShardingContext]):
-  return jax.jit(functools.partial(eval_episodes, models, sampling, shard=ctx))
+  """jitted (policy, ref, rm params, prompt batch with example_id, rng) -> per-row results.
+
+  Outputs are replicated and carry the batch's example ids, so every host reads every row
+  (the rows of a global batch come from all hosts) and computes the same metrics.
+  """
+  def fn(policy_params, ref_params, rm_params, batch, rng):
+    out = eval_episodes(models, sampling, policy_params, ref_params, rm_params, batch, rng,
+                        shard=ctx)
+    return {**out, "example_id": batch["example_id"]}
+  if ctx is None:
+    return jax.jit(fn)
+  return jax.jit(fn, out_shardings=ctx.replicated())
 
 
 @functools.lru_cache(maxsize=8)
@@ -334,9 +346,10 @@ class Evaluator:
   """
 
   def __init__(self, models: PPOModels, sampling: SamplingConfig, tokenizer,
-               prompt_batches: Sequence[tuple[dict, np.ndarray]], records: Sequence[Any],
+               prompt_batches: Sequence[dict], records: Sequence[Any], num_prompts: int,
                lm_batches: Sequence[dict], ctx: Optional[ShardingContext], seed: int):
     self.episodes = compiled_eval_episodes(models, sampling, ctx)
+    self.num_prompts = num_prompts
     self.lm_eval = compiled_lm_eval(models.policy)
     self.tokenizer, self.prompt_batches, self.lm_batches = tokenizer, prompt_batches, lm_batches
     self.golds = [gold_of(r) for r in records]
@@ -357,12 +370,12 @@ class Evaluator:
 
   def _episodes(self, policy_params, ref_params, rm_params) -> dict[str, float]:
     cols = {k: [] for k in ("score", "kl", "length", "finished", "correct", "exact", "prefix")}
-    for i, (batch, example_ids) in enumerate(self.prompt_batches):
+    for i, batch in enumerate(self.prompt_batches):
       m = jax.device_get(self.episodes(policy_params, ref_params, rm_params, batch,
                                        jax.random.fold_in(self.key, i)))
-      for r, ex in enumerate(example_ids):
-        if ex < 0:
-          continue  # A batch-padding row.
+      for r, ex in enumerate(m["example_id"]):
+        if not 0 <= ex < self.num_prompts:
+          continue  # A batch-padding row, or beyond the prompts evaluated.
         text = self.tokenizer.decode(m["response_tokens"][r])
         finished = bool(m["finished"][r])
         cols["score"].append(float(m["score"][r]))
@@ -383,25 +396,27 @@ class Evaluator:
     return out
 
 
-def eval_prompt_batches(records, tokenizer, config, ctx) -> tuple[list, list]:
-  """Fixed held-out prompt batches [(device batch, example_ids)] and their records."""
+def eval_prompt_batches(records, tokenizer, config, ctx) -> tuple[list, list, int]:
+  """Fixed held-out prompt batches (device, with example_id), all records, prompts evaluated.
+
+  Each host reads its slice of every global batch; the first ceil(n / global batch) batches
+  hold the first n prompts (no shuffle), the same number on every host.
+  """
   n = int(config.ppo.eval_prompts)
   if records is None or n == 0:
-    return [], []
-  if isinstance(records, list):
-    records = records[:n]
-  it = make_prompt_iterator(records, tokenizer, batch_size=config.train.batch_size,
+    return [], [], 0
+  global_batch = config.train.batch_size
+  it = make_prompt_iterator(records, tokenizer, batch_size=host_batch_size(global_batch),
                             prompt_len=config.data.prompt_len, seed=0, num_epochs=1,
                             shuffle=False, drop_remainder=False, on_error=config.data.on_error,
                             log=False)
-  batches, seen = [], 0
+  n = min(n, len(it.records))
+  batches = []
   for b in it:
-    if seen >= n:
+    if len(batches) == -(-n // global_batch):
       break
-    ids = np.where(b["example_id"] < n, b["example_id"], -1)  # Only the first n prompts.
-    seen += int((ids >= 0).sum())
-    batches.append((to_device_batch({k: b[k] for k in PROMPT_KEYS}, ctx), ids))
-  return batches, it.records
+    batches.append(to_device_batch({k: b[k] for k in PROMPT_KEYS + ("example_id",)}, ctx))
+  return batches, it.records, n
 
 
 def _eval_params(state):
@@ -446,17 +461,20 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   # Data first: every bad record is reported before anything is compiled.
   check_world_prompt_len(config, tokenizer)
+  # Batch sizes in the config are global; each host feeds its slice.
   prompts_iter = make_prompt_iterator(
-      prompt_records(config, "train"), tokenizer, batch_size=cfg.rollout_batch_size,
+      prompt_records(config, "train"), tokenizer,
+      batch_size=host_batch_size(cfg.rollout_batch_size, "ppo.rollout_batch_size"),
       prompt_len=p_len, seed=config.seed, on_error=config.data.on_error)
   ptx_iter = None
   if cfg.use_ptx:
     ptx_iter = make_lm_iterator(
-        ptx_records(config, "train"), tokenizer, batch_size=int(config.ppo.ptx_batch_size),
+        ptx_records(config, "train"), tokenizer,
+        batch_size=host_batch_size(int(config.ppo.ptx_batch_size), "ppo.ptx_batch_size"),
         seq_len=config.data.seq_len, seed=config.seed + 1, pack=config.data.pack,
         mode="pretrain", on_error=config.data.on_error)
-  eval_prompts, eval_records = eval_prompt_batches(prompt_records(config, "eval"), tokenizer,
-                                                   config, ctx)
+  eval_prompts, eval_records, num_eval = eval_prompt_batches(prompt_records(config, "eval"),
+                                                             tokenizer, config, ctx)
   heldout_text = ptx_records(config, "eval")
   lm_batches = (fixed_eval_batches(heldout_text, tokenizer, config, "pretrain", ctx)
                 if heldout_text is not None and config.train.eval_batches else [])
@@ -476,7 +494,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   eval_sampling = sampling_config(config, tokenizer, temperature=config.ppo.eval_temperature)
   evaluator = Evaluator(models, eval_sampling, tokenizer, eval_prompts, eval_records,
-                        lm_batches, ctx, config.seed)
+                        num_eval, lm_batches, ctx, config.seed)
   t0 = time.time()
   sft_eval = evaluator(state.ref_params, state.ref_params, state.rm_params)
   _log.info("SFT policy on held-out prompts (%.1fs): %s", time.time() - t0, sft_eval)
