@@ -28,7 +28,7 @@ GROUP_CONDITIONED = "ppo_group"
 def _metric(rows, model: str, condition: str, key: str):
   for row in rows:
     if row["model"] == model and row["condition"] == condition:
-      return row["metrics"].get(key)
+      return row.get(key)
   return None
 
 
