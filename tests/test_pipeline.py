@@ -1,0 +1,83 @@
+"""The main job end to end on a miniature InstructWorld: every stage, the evaluation, the
+plots, reuse of finished stages, and the notebook executed against the run."""
+import importlib.util
+import json
+import os
+import time
+
+import pytest
+
+from instructjax.pipeline import STAGES, is_done, run_pipeline
+from instructjax.pipeline_eval import evaluate_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mini_config():
+  spec = importlib.util.spec_from_file_location("pipeline_cfg",
+                                                os.path.join(ROOT, "configs", "pipeline.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  c.world.update(num_sft=64, num_rm=16, num_ppo=32, num_heldout=8, num_pretrain=64,
+                 num_pretrain_heldout=8)
+  for name in [s.name for s in STAGES]:
+    s = c[name]
+    s.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64)
+    s.train.update(num_steps=2, log_every=1, eval_every=2, eval_batches=1, save_every=2,
+                   batch_size=8)
+    s.optim.warmup_steps = 1
+  c.pretrain.data.seq_len = 64
+  for name in ("rm", "rm_group"):
+    c[name].rm.update(norm_samples=8, sample_batch_size=16)
+  for name in ("ppo", "ppo_ptx", "ppo_group"):
+    c[name].ppo.update(rollout_batch_size=8, minibatch_size=8, epochs=1, ptx_batch_size=8,
+                       max_new_tokens=12, eval_prompts=8)
+    c[name].value_optim.warmup_steps = 1
+  c.eval.update(num_prompts=8, max_new_tokens=12, batch_size=8)
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pipeline"))
+  timings = run_pipeline(mini_config(), workdir, evaluate=evaluate_pipeline)
+  return workdir, timings
+
+
+def test_every_stage_and_the_evaluation_are_written(run):
+  workdir, timings = run
+  assert all(is_done(workdir, s.name) for s in STAGES)
+  out = os.path.join(workdir, "eval")
+  for name in ("results.md", "results.json", "comparison.png", "curves.png",
+               "group_alignment.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  assert [r["model"] for r in results["rows"]] == ["base", "base_fewshot", "sft", "ppo", "ppo_ptx"]
+  assert set(results["group_alignment"]) == {"plain", "polite"}
+  with open(os.path.join(out, "results.md")) as f:
+    assert "Group-aware alignment" in f.read()
+
+
+def test_rerun_reuses_finished_stages(run):
+  workdir, _ = run
+  marker = lambda s: os.path.getmtime(os.path.join(workdir, s.name, "model", "model_config.json"))
+  before = {s.name: marker(s) for s in STAGES}
+  t0 = time.time()
+  run_pipeline(mini_config(), workdir, evaluate=None)
+  assert {s.name: marker(s) for s in STAGES} == before  # No model was written again...
+  assert time.time() - t0 < 30  # ...and nothing retrained.
+
+
+def test_notebook_runs_against_the_pipeline(run):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  workdir, _ = run
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "instructworld.ipynb"), as_version=4)
+  os.environ["INSTRUCTJAX_RUN"] = workdir
+  try:
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+  finally:
+    del os.environ["INSTRUCTJAX_RUN"]
+  assert os.path.exists(os.path.join(workdir, "eval", "notebook_curves.png"))
