@@ -120,14 +120,15 @@ def run(config, workdir: str) -> dict[str, Any]:
                 for k in LM_KEYS}
   step_fn = jit_step(make_lm_train_step(model, tx, schedule), ctx, shardings, batch_spec)
   best = config.train.keep_best_metric or None
+  evaluator = make_evaluator(model, eval_batches)  # One compiled eval for the loop and the end.
   state, summary = run_loop(
       step_fn, state, DeviceIterator(host_iter, ctx, LM_KEYS), jax.random.fold_in(rng, 2),
       num_steps=loop_steps(config), workdir=workdir, log_every=config.train.log_every,
-      eval_every=config.train.eval_every, eval_fn=make_evaluator(model, eval_batches),
+      eval_every=config.train.eval_every, eval_fn=evaluator,
       save_every=config.train.save_every,
       checkpoint=CheckpointConfig(max_to_keep=config.train.max_to_keep, best_metric=best),
       on_nonfinite=config.train.on_nonfinite, model_config=model_cfg, tokenizer=tokenizer)
-  final_eval = make_evaluator(model, eval_batches)(state, None)
+  final_eval = evaluator(state, None)
   save_model(model_dir(workdir), state.params, model_cfg, tokenizer, head="lm",
              meta={"stage": mode, "steps": int(config.train.num_steps),
                    "eval_loss": final_eval["loss"]})
