@@ -7,7 +7,9 @@
     3. comparisons (config.data): InstructWorld "static" (the spec's edited gold answers) or
        "policy" (K samples of the SFT policy at temperature `config.rm.temperature`, ranked by
        the simulated labelers), or JSONL/TFDS; held-out comparisons are built the same way on
-       the world's held-out prompts from their own random stream (or read from eval_path);
+       the world's held-out prompts from their own random stream (or read from eval_path).
+       Like every comparison response, a sample that did not finish is scored with an EOS
+       appended (the data layer's rule); the labelers gave it correctness 0;
     4. `run_loop` (resume, checkpoints, eval of held-out pairwise accuracy);
     5. normalisation: the RM scores `config.rm.norm_samples` SFT samples and the affine map
        that gives them mean 0 (and std 1 for "gain_bias") is folded into the score head;
@@ -27,6 +29,7 @@ import time
 import zlib
 from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,7 +137,6 @@ def abstract_params(model: DecoderLM) -> Any:
 
 
 def unboxed(tree: Any) -> Any:
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.meta.unbox(tree)
 
 
@@ -225,7 +227,8 @@ def cached_jsonl(path: str, settings: dict, build: Callable[[], list[dict]]) -> 
 
 
 class Sft:
-  """The SFT policy, loaded only when something has to be sampled (cached runs never do)."""
+  """The SFT model, loaded once on first use: its weights start the RM's trunk, and its policy
+  is sampled for policy comparisons and the normalisation (unless those are cached)."""
 
   def __init__(self, config, ctx: Optional[ShardingContext]):
     self.config, self.ctx = config, ctx

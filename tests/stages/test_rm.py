@@ -37,11 +37,15 @@ STEP = jax.jit(make_rm_train_step(DecoderLM(get_preset("test"), head="scalar"), 
                                   optax.constant_schedule(0.1)))
 
 
-def init_params(model, seed):
-  """Jitted init: an eager init runs the scanned layers op by op, ten times slower."""
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, rng):
   t = jnp.zeros((1, 8), jnp.int32)
-  init = jax.jit(lambda r: nn.meta.unbox(model.init(r, t, t, t + 1))["params"])
-  return dict(init(jax.random.key(seed)))
+  return nn.meta.unbox(model.init(rng, t, t, t + 1))["params"]
+
+
+def init_params(model, seed):
+  """Jitted init (an eager one runs the scanned layers op by op, ten times slower)."""
+  return dict(_init(model, jax.random.key(seed)))
 
 
 def scalar_model(seed=0):
