@@ -68,15 +68,20 @@ def make_rm_train_step(model: DecoderLM, tx: optax.GradientTransformation,
 
 
 def make_rm_eval_step(model: DecoderLM) -> Callable:
-  """Pure `eval(params, batch) -> {"loss", "num_prompts", "scores" [B, K_max]}`.
+  """Pure `eval(params, batch) -> {"loss", "num_prompts", "scores", "k_mask", "same"}`.
 
   The loss is the mean over this batch's prompts that have pairs; weight it by num_prompts to
-  average over batches. Accuracies are computed on the host from `scores` (`pairwise_agreement`).
+  average over batches. scores and k_mask are [B, K_max], same [B, K_max, K_max] (slots holding
+  identical sequences); they come back so that accuracies are computed on the host
+  (`pairwise_agreement`) from the step's outputs alone, which jit can replicate to every host.
   """
   def evaluate(params, batch):
     scores = rm_scores(model, params, batch)
     loss, m = pairwise_ranking_loss(scores, batch["k_mask"])
-    return {"loss": loss, "num_prompts": m["num_prompts"], "scores": scores}
+    tokens = batch["tokens"]
+    same = (tokens[:, :, None, :] == tokens[:, None, :, :]).all(axis=-1)
+    return {"loss": loss, "num_prompts": m["num_prompts"], "scores": scores,
+            "k_mask": batch["k_mask"], "same": same}
   return evaluate
 
 
@@ -117,11 +122,6 @@ def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray, tie_credit: float
       "num_pairs": total,
       "num_prompts": int(has.sum()),
   }
-
-
-def identical_slots(tokens: np.ndarray) -> np.ndarray:
-  """[N, K, K] bool: slots i and j hold the same sequence (tokens [N, K, T])."""
-  return (tokens[:, :, None, :] == tokens[:, None, :, :]).all(axis=-1)
 
 
 def rm_init_params(sft_params: dict, rm_abstract: dict) -> dict:

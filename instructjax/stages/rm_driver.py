@@ -40,6 +40,7 @@ from instructjax.data import batching
 from instructjax.data.encode import EncodeConfig, encode_comparison
 from instructjax.data.errors import DataReport
 from instructjax.data.schemas import Comparison as DataComparison
+from instructjax.distributed import host_batch_size
 from instructjax.generation import SamplingConfig, generate_texts
 from instructjax.model_io import (TOKENIZER_DIR, load_model, read_model_dir_config,
                                   save_model)
@@ -52,9 +53,8 @@ from instructjax.stages import inputs
 from instructjax.stages.device_data import DeviceIterator, to_device_batch
 from instructjax.stages.jit import jit_step
 from instructjax.stages.lm_driver import RUNTIME_FIELDS, model_dir, sharding_context
-from instructjax.stages.rm import (RM_KEYS, fold_normalization, identical_slots,
-                                   make_rm_eval_step, make_rm_train_step, pairwise_agreement,
-                                   rm_init_params)
+from instructjax.stages.rm import (RM_KEYS, fold_normalization, make_rm_eval_step,
+                                   make_rm_train_step, pairwise_agreement, rm_init_params)
 from instructjax.state import boxed_param_init, create_train_state
 from instructjax.tokenizers import load_tokenizer
 from instructjax.training import CheckpointConfig, run_loop
@@ -367,7 +367,7 @@ def comparison_sources(config, workdir: str, sft: Sft) -> tuple[Any, Any, dict]:
 
 
 def comparison_iterator(records, tokenizer, config, k_max: Optional[int], train: bool):
-  kw = dict(batch_size=config.train.batch_size, seq_len=config.data.seq_len,
+  kw = dict(batch_size=host_batch_size(config.train.batch_size), seq_len=config.data.seq_len,
             max_responses=k_max, on_error=config.data.on_error, adapter=config.data.adapter or None)
   if train:
     return make_comparison_iterator(records, tokenizer, seed=config.seed, **kw)
@@ -396,8 +396,8 @@ def evaluate_batches(evaluate: Callable, params, batches: Sequence[dict]) -> dic
     loss_sum += float(m["loss"]) * float(m["num_prompts"])
     prompts += float(m["num_prompts"])
     scores.append(np.asarray(m["scores"]))
-    masks.append(np.asarray(jax.device_get(batch["k_mask"])))
-    same.append(identical_slots(np.asarray(jax.device_get(batch["tokens"]))))
+    masks.append(np.asarray(m["k_mask"]))
+    same.append(np.asarray(m["same"]))
   scores, masks, same = np.concatenate(scores), np.concatenate(masks), np.concatenate(same)
   fair = pairwise_agreement(scores, masks, 0.5, ties=same)
   strict = pairwise_agreement(scores, masks, 0.0)
@@ -416,7 +416,8 @@ def text_batches(pairs: Sequence[tuple[str, str]], tokenizer, config, k_max: int
   """(prompt, response) pairs as RM batches, encoded exactly as comparison responses.
 
   Independent sequences fill the K_max slots of each row (slot order = input order), so the
-  compiled eval step scores them; only `scores` at k_mask are meaningful.
+  compiled eval step scores them; only `scores` at k_mask are meaningful. Every host holds all
+  pairs and feeds its own rows of each global batch, so the global batch keeps input order.
   """
   cfg = EncodeConfig(seq_len=config.data.seq_len)
   seqs = []
@@ -425,19 +426,24 @@ def text_batches(pairs: Sequence[tuple[str, str]], tokenizer, config, k_max: int
     seqs.extend(encode_comparison(cmp, tokenizer, cfg, DataReport(), k_max=1, group_id=-1,
                                   example_id=i)["seqs"])
   pad, b = tokenizer.pad_id, config.train.batch_size
+  hb, first = host_batch_size(b), jax.process_index() * host_batch_size(b)
   rows = [batching.comparison_row(seqs[i:i + k_max], k_max, config.data.seq_len, pad, -1)
           for i in range(0, len(seqs), k_max)]
   empty = lambda: batching.empty_comparison_row(k_max, config.data.seq_len, pad)
-  return [to_device_batch({k: v for k, v in batching.collate(rows[i:i + b], b, empty).items()
-                           if k in RM_KEYS}, ctx) for i in range(0, len(rows), b)]
+  batches = []
+  for start in range(0, len(rows), b):
+    mine = rows[start + first:start + first + hb]
+    batch = batching.collate(mine, hb, empty)
+    batches.append(to_device_batch({k: batch[k] for k in RM_KEYS}, ctx))
+  return batches
 
 
 def score_texts(evaluate: Callable, params, batches: Sequence[dict]) -> np.ndarray:
   """Scores [N] of the sequences `text_batches` laid out, in input order."""
   out = []
   for batch in batches:
-    scores = np.asarray(jax.device_get(evaluate(params, batch)["scores"]))
-    out.append(scores[np.asarray(jax.device_get(batch["k_mask"]))])
+    m = jax.device_get(evaluate(params, batch))
+    out.append(np.asarray(m["scores"])[np.asarray(m["k_mask"])])
   return np.concatenate(out)
 
 
@@ -541,7 +547,9 @@ def run(config, workdir: str) -> dict[str, Any]:
   del start_params
   step_fn = jit_step(make_rm_train_step(model, tx, schedule), ctx, shardings,
                      batch_spec(config, data.k_max))
-  evaluate = jax.jit(make_rm_eval_step(model))
+  # Outputs replicated: every host reads the whole batch's scores (and no host gathers).
+  evaluate = jax.jit(make_rm_eval_step(model),
+                     out_shardings=ctx.replicated() if ctx is not None else None)
   periodic = data.eval_batches[:config.train.eval_batches]
   eval_fn = (lambda s, step: evaluate_batches(evaluate, s.params, periodic)) if periodic else None
   best = config.train.keep_best_metric or None
