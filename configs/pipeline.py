@@ -46,6 +46,22 @@ def get_config(arg=None):
   c.rm_group.data.world.group_conditioned = True
   c.ppo_group = _stage("ppo.py", v)
   c.ppo_group.data.world.group_conditioned = True
+  if v.startswith("tiny"):
+    # The 10-minute budget of the whole pipeline on a 2-core CPU: fewer steps than the
+    # stand-alone stage configs, which are tuned for each stage's own quality.
+    c.pretrain.train.num_steps = 300
+    c.pretrain.train.eval_every = c.pretrain.train.save_every = 150
+    c.sft.train.num_steps = 250
+    for rm in (c.rm, c.rm_group):
+      rm.train.num_steps = 120
+      rm.train.eval_every = rm.train.save_every = 60
+      rm.rm.norm_samples = 128
+    # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
+    c.rm_group.data.seq_len = 88
+    for ppo in (c.ppo, c.ppo_ptx, c.ppo_group):
+      ppo.train.num_steps = 40
+      ppo.train.eval_every = ppo.train.save_every = 20
+      ppo.ppo.eval_prompts = 128
   c.skip_stages = ()  # e.g. ("rm_group", "ppo_group") to leave out the group-aware runs.
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=200, max_new_tokens=32, temperature=0.0, few_shot_k=2, batch_size=64,
