@@ -69,6 +69,7 @@ def enabled_stages(config) -> list[Stage]:
 def run_pipeline(config, workdir: str,
                  evaluate: Callable[[Any, str], dict] | None = None) -> dict:
   """Runs every stage not yet done, then `evaluate(config, workdir)`; returns timings."""
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   timings_path = os.path.join(workdir, "pipeline_timings.json")
   timings = {}

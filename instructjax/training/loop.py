@@ -68,7 +68,8 @@ class LoopSummary:
 
 def checkpoint_dir(workdir: str) -> str:
   """Where `run_loop` keeps checkpoints (and the model config / tokenizer) for `workdir`."""
-  return os.path.join(workdir, CHECKPOINT_SUBDIR)
+  # Absolute: orbax refuses relative checkpoint paths (a user's `--workdir=runs/x`).
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
 def _is_abstract(tree: PyTree) -> bool:
@@ -148,6 +149,7 @@ def run_loop(
                       ("eval_every", eval_every), ("save_every", save_every)):
     if value < 0:
       raise ValueError(f"{name} must be >= 0, got {value}")
+  workdir = os.path.abspath(workdir)
   t_start = time.time()
   is_host0 = jax.process_index() == 0
   hook_list = [hooks_lib.as_hook(h) for h in hooks]

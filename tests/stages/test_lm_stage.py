@@ -90,3 +90,11 @@ def test_sft_starts_from_a_hugging_face_directory(pretrained, tmp_path):
   _, cfg, tokenizer, head, meta = load_model(os.path.join(tmp_path, "sft", "model"))
   assert head == "lm" and meta["stage"] == "sft" and cfg.d_model == 32
   assert tokenizer.encode("sort: 1 2\n") == instructjax.load(hf_dir).tokenizer.encode("sort: 1 2\n")
+
+
+def test_relative_workdir(tmp_path, monkeypatch):
+  # Users pass --workdir=runs/x; orbax itself only takes absolute paths.
+  monkeypatch.chdir(tmp_path)
+  lm_driver.run(small_config("pretrain.py", 2), "runs/rel")
+  assert os.path.isdir(tmp_path / "runs" / "rel" / "checkpoints" / "2")
+  assert load_model(str(tmp_path / "runs" / "rel" / "model"))[3] == "lm"
