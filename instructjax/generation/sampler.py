@@ -18,6 +18,11 @@ loop open.
 
 Compilation: one jit per (B, P, N) shape (N is in the static SamplingConfig); `make_sampler`
 is memoised on (model, sampling, shard), so equal arguments share one compilation cache.
+
+The cache is written in place: each decode step writes B new slots per layer into the
+carried [L, B, Hkv, P + N, Dh] arrays (see models/layers.py), nothing cache-sized is copied.
+`make_prefill_and_decode` jits the two halves separately (benchmarks, profiles); they are the
+same functions `make_sampler` composes.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class _LoopState:
   tokens: Array  # [B, N] int32
   mask: Array  # [B, N] bool
   logprobs: Array  # [B, N] float32
+  prompt_len: Array  # [B] int32 real prompt tokens (the position id of the first new token)
 
 
 def _constrain_cache(shard: Optional[ShardingContext], cache: KVCache) -> KVCache:
@@ -64,6 +70,7 @@ def _constrain_state(shard: Optional[ShardingContext], s: _LoopState) -> _LoopSt
     return s
   return s.replace(cache=_constrain_cache(shard, s.cache),
                    logits=constrain(shard, s.logits, ("act_batch", "act_vocab")),
+                   prompt_len=constrain(shard, s.prompt_len, _B),
                    done=constrain(shard, s.done, _B), tokens=constrain(shard, s.tokens, _BT),
                    mask=constrain(shard, s.mask, _BT), logprobs=constrain(shard, s.logprobs, _BT))
 
@@ -85,25 +92,32 @@ def _emit(s: _LoopState, rng: Array, sampling: SamplingConfig) -> _LoopState:
       logprobs=jax.lax.dynamic_update_slice(s.logprobs, lp[:, None], col))
 
 
-def _sample(model: DecoderLM, sampling: SamplingConfig, shard: Optional[ShardingContext],
-            params, prompt_tokens: Array, prompt_mask: Array, rng: Array) -> SampleOutput:
+def _prefill(model: DecoderLM, sampling: SamplingConfig, shard: Optional[ShardingContext],
+             params, prompt_tokens: Array, prompt_mask: Array, rng: Array) -> _LoopState:
+  """One forward over the whole prompt into a fresh cache of P + N slots, then column 0."""
   b, p = prompt_tokens.shape
   n = sampling.max_new_tokens
-  variables = {"params": params}
   prompt_tokens = constrain(shard, prompt_tokens.astype(jnp.int32), _BT)
   prompt_seg = constrain(shard, (prompt_mask != 0).astype(jnp.int32), _BT)
   prompt_len = prompt_seg.sum(axis=-1)  # [B]; also the position id of the first new token.
 
   cache = _constrain_cache(shard, KVCache.init(model.cfg, b, p + n))
-  logits, cache = model.apply(variables, prompt_tokens, positions_from_mask(prompt_seg),
-                              prompt_seg, cache)
+  logits, cache = model.apply({"params": params}, prompt_tokens,
+                              positions_from_mask(prompt_seg), prompt_seg, cache)
   state = _LoopState(
       step=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1], done=prompt_len == 0,
       tokens=jnp.full((b, n), sampling.pad_id, jnp.int32), mask=jnp.zeros((b, n), bool),
-      logprobs=jnp.zeros((b, n), jnp.float32))
+      logprobs=jnp.zeros((b, n), jnp.float32), prompt_len=prompt_len)
   # Column 0 comes straight from the prefill logits, so the loop never runs a forward whose
   # logits go unused (after the last column, or after the last row finished).
-  state = _constrain_state(shard, _emit(_constrain_state(shard, state), rng, sampling))
+  return _constrain_state(shard, _emit(_constrain_state(shard, state), rng, sampling))
+
+
+def _decode(model: DecoderLM, sampling: SamplingConfig, shard: Optional[ShardingContext],
+            params, state: _LoopState, rng: Array) -> _LoopState:
+  """Single-token steps until every row is done or column N - 1 is written."""
+  n = sampling.max_new_tokens
+  variables = {"params": params}
 
   def cond(s: _LoopState) -> Array:
     return (s.step + 1 < n) & ~jnp.all(s.done)
@@ -111,14 +125,19 @@ def _sample(model: DecoderLM, sampling: SamplingConfig, shard: Optional[Sharding
   def body(s: _LoopState) -> _LoopState:
     last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step, 1, axis=1)  # [B, 1]
     seg = jax.lax.dynamic_slice_in_dim(s.mask, s.step, 1, axis=1).astype(jnp.int32)
-    pos = (prompt_len + s.step)[:, None]
+    pos = (s.prompt_len + s.step)[:, None]
     logits, cache = model.apply(variables, last, pos, seg, s.cache)
     s = s.replace(step=s.step + 1, cache=cache, logits=logits[:, -1])
     return _constrain_state(shard, _emit(s, rng, sampling))
 
-  state = jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, state)
 
-  finished = state.done & (prompt_len > 0)
+
+def _finish(shard: Optional[ShardingContext], state: _LoopState, prompt_tokens: Array,
+            prompt_mask: Array) -> SampleOutput:
+  prompt_tokens = constrain(shard, prompt_tokens.astype(jnp.int32), _BT)
+  prompt_seg = constrain(shard, (prompt_mask != 0).astype(jnp.int32), _BT)
+  finished = state.done & (state.prompt_len > 0)
   return SampleOutput(
       tokens=constrain(shard, jnp.concatenate([prompt_tokens, state.tokens], axis=1), _BT),
       segment_ids=constrain(shard, jnp.concatenate(
@@ -127,6 +146,13 @@ def _sample(model: DecoderLM, sampling: SamplingConfig, shard: Optional[Sharding
       finished=constrain(shard, finished, _B),
       lengths=constrain(shard, state.mask.sum(axis=-1).astype(jnp.int32), _B),
       num_steps=state.step + 1)
+
+
+def _sample(model: DecoderLM, sampling: SamplingConfig, shard: Optional[ShardingContext],
+            params, prompt_tokens: Array, prompt_mask: Array, rng: Array) -> SampleOutput:
+  state = _prefill(model, sampling, shard, params, prompt_tokens, prompt_mask, rng)
+  state = _decode(model, sampling, shard, params, state, rng)
+  return _finish(shard, state, prompt_tokens, prompt_mask)
 
 
 def make_sampler(model: DecoderLM, sampling: SamplingConfig,
@@ -153,3 +179,19 @@ def make_sampler(model: DecoderLM, sampling: SamplingConfig,
 def _jitted_sampler(model: DecoderLM, sampling: SamplingConfig,
                     shard: Optional[ShardingContext]) -> Callable[..., SampleOutput]:
   return jax.jit(functools.partial(_sample, model, sampling, shard))
+
+
+def make_prefill_and_decode(model: DecoderLM, sampling: SamplingConfig,
+                            shard: Optional[ShardingContext] = None):
+  """The sampler's two halves, each jitted on its own (for benchmarks and profiles).
+
+  Returns (prefill, decode): `state = prefill(params, prompt_tokens, prompt_mask, rng)` runs
+  the prompt forward and emits column 0; `state = decode(params, state, rng)` runs the
+  while loop (state donated). `make_sampler` runs exactly these two in one jit, then
+  assembles the SampleOutput; `state.step + 1` is its num_steps.
+  """
+  if model.head != "lm":
+    raise ValueError(f"the sampler needs a model with an lm head, got head={model.head!r}")
+  prefill = jax.jit(functools.partial(_prefill, model, sampling, shard))
+  decode = jax.jit(functools.partial(_decode, model, sampling, shard), donate_argnums=(1,))
+  return prefill, decode

@@ -3,7 +3,7 @@ from instructjax.models.config import ConfigError, ModelConfig
 from instructjax.models.kv_cache import KVCache
 from instructjax.models.presets import PRESET_NAMES, get_preset
 from instructjax.models.transformer import (DecoderLM, gather_at, last_token_index,
-                                            positions_from_mask)
+                                            lm_head_weight, positions_from_mask)
 
 __all__ = ["ConfigError", "ModelConfig", "KVCache", "PRESET_NAMES", "get_preset", "DecoderLM",
-           "gather_at", "last_token_index", "positions_from_mask"]
+           "gather_at", "last_token_index", "lm_head_weight", "positions_from_mask"]

@@ -15,13 +15,15 @@ class KVCache:
   All rows write at the same slot `index` (prompts are left padded), so `index` is a scalar;
   per-row validity lives in `segment_ids` (0 = empty slot or padding token).
   """
-  k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-  v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+  # Slots after heads: attention reads a layer's [batch, kv_heads, max_len, head_dim] block
+  # as is (batch dims leading), with no transposed copy per decode step.
+  k: jax.Array  # [layers, batch, kv_heads, max_len, head_dim]
+  v: jax.Array  # [layers, batch, kv_heads, max_len, head_dim]
   segment_ids: jax.Array  # [batch, max_len] int32
   index: jax.Array  # [] int32, next slot to write
 
-  LOGICAL_AXES = {"k": ("layers", "act_batch", "act_length", "act_kv_heads", None),
-                  "v": ("layers", "act_batch", "act_length", "act_kv_heads", None),
+  LOGICAL_AXES = {"k": ("layers", "act_batch", "act_kv_heads", "act_length", None),
+                  "v": ("layers", "act_batch", "act_kv_heads", "act_length", None),
                   "segment_ids": ("act_batch", "act_length"), "index": ()}
 
   @classmethod
@@ -29,7 +31,7 @@ class KVCache:
     if max_len > cfg.max_seq_len and cfg.learned_positions:
       raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
     dtype = dtype or cfg.jnp_dtype
-    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.resolved_head_dim)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.resolved_head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                segment_ids=jnp.zeros((batch, max_len), jnp.int32),
                index=jnp.zeros((), jnp.int32))

@@ -73,21 +73,24 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return out.astype(x.dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array,
+                          heads_first: bool = False) -> Array:
   """Grouped-query attention.
 
-  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh]; mask: [B, T, S] bool (True = may attend).
+  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh], or [B, Hkv, S, Dh] with `heads_first` (the KV
+  cache's layout); mask: [B, T, S] bool (True = may attend).
   Returns [B, T, H, Dh]. Scores and softmax in float32; a fully masked row (a padding query)
   gets uniform weights rather than NaN.
   """
   b, t, h, dh = q.shape
-  hkv = k.shape[2]
+  hkv = k.shape[1 if heads_first else 2]
+  kv = "bksd" if heads_first else "bskd"
   q = q.reshape(b, t, hkv, h // hkv, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(dh)
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
   return out.reshape(b, t, h, dh)
 
 
@@ -97,7 +100,16 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
-               layer_cache: Optional[tuple[Array, Array]], cache_index: Optional[Array]):
+               caches: Optional[tuple[Array, Array]], layer: Optional[Array],
+               cache_index: Optional[Array]):
+    """Returns (output [B, T, d], updated caches or None).
+
+    caches: every layer's keys and values, ([L, B, Hkv, S, Dh], [L, B, Hkv, S, Dh]); this
+    layer (index `layer`) writes its T new ones at slots [cache_index, cache_index + T) in
+    place and attends over its whole slice. The stacked arrays travel through the layer
+    loop as carry, so XLA updates them in place: a decode step writes B x T new slots per
+    layer instead of copying the cache.
+    """
     cfg = self.cfg
     d, h, hkv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
     dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
@@ -121,22 +133,26 @@ class Attention(nn.Module):
       inv_freq = rope_inv_freq(cfg)
       q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-    new_cache = None
-    if layer_cache is not None:
-      # Write this call's keys/values at slots [cache_index, cache_index + T) and attend over
-      # the whole cache; `mask` already excludes empty and future slots.
-      ck, cv = layer_cache
-      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-      new_cache = (k, v)
-      k, v = k.astype(dt), v.astype(dt)
+    new_caches = None
+    if caches is not None:
+      # Write this call's keys/values at slots [cache_index, cache_index + T) of this layer
+      # and attend over the layer's whole cache; `mask` already excludes empty and future
+      # slots.
+      ck, cv = caches
+      start = (layer, 0, 0, cache_index, 0)
+      to_cache = lambda x, c: jnp.swapaxes(x, 1, 2)[None].astype(c.dtype)  # [1, B, Hkv, T, Dh]
+      ck = jax.lax.dynamic_update_slice(ck, to_cache(k, ck), start)
+      cv = jax.lax.dynamic_update_slice(cv, to_cache(v, cv), start)
+      new_caches = (ck, cv)
+      k = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False).astype(dt)
+      v = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(dt)
 
-    out = dot_product_attention(q, k, v, mask)  # [B, T, H, Dh]
+    out = dot_product_attention(q, k, v, mask, heads_first=caches is not None)  # [B, T, H, Dh]
     wo = declare(self, "o_kernel", (h, dh, d), ("heads", "head_dim", "embed"), out_init, pdt)
     y = jnp.einsum("bthk,hkd->btd", out, wo.astype(dt))
     if cfg.out_bias:
       y = y + declare(self, "o_bias", (d,), ("norm",), nn.initializers.zeros, pdt).astype(dt)
-    return y, new_cache
+    return y, new_caches
 
 
 class MLP(nn.Module):

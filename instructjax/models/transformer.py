@@ -51,15 +51,17 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, cache_index):
+  def __call__(self, carry, positions, mask, cache_index):
+    """carry: (x [B, T, d], every layer's (k, v) caches or None, this layer's index)."""
+    x, caches, layer = carry
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
-    h, new_cache = Attention(cfg, self.shard, name="attn")(
-        Norm(cfg, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+    h, caches = Attention(cfg, self.shard, name="attn")(
+        Norm(cfg, name="attn_norm")(x), positions, mask, caches, layer, cache_index)
     x = x + drop(h)
     x = x + drop(MLP(cfg, self.shard, name="mlp")(Norm(cfg, name="mlp_norm")(x)))
     x = constrain(self.shard, x, ("act_batch", "act_length", "act_embed"))
-    return x, new_cache
+    return (x, caches, layer + 1), None
 
 
 class DecoderLM(nn.Module):
@@ -83,7 +85,7 @@ class DecoderLM(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.n_layers,
         unroll=1 if cfg.scan_layers else cfg.n_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -91,8 +93,19 @@ class DecoderLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
-               cache: Optional[KVCache] = None, deterministic: bool = True):
+               cache: Optional[KVCache] = None, deterministic: bool = True,
+               return_hidden: bool = False):
+    """Returns (logits or values, new cache or None).
+
+    With `return_hidden` (lm head only) the first output is instead the final-norm hidden
+    state [B, T, d_model] in float32, the input of the LM head (`lm_head_weight` gives the
+    head's [d_model, vocab] matrix): log-probabilities can then be computed chunk by chunk
+    (`ops.logprobs.logprobs_from_hidden`) without a [B, T, vocab] array. The parameters are
+    the same either way.
+    """
     cfg = self.cfg
+    if return_hidden and self.head != "lm":
+      raise ValueError("return_hidden needs the lm head")
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
     dt, pdt = cfg.jnp_dtype, cfg.jnp_param_dtype
@@ -109,19 +122,21 @@ class DecoderLM(nn.Module):
     t = tokens.shape[1]
     if cache is None:
       mask = attention_mask(segment_ids, segment_ids, jnp.arange(t))
-      layer_caches, cache_index = None, None
+      caches, cache_index = None, None
     else:
       k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
       mask = attention_mask(segment_ids, k_segments, cache.index + jnp.arange(t))
-      layer_caches, cache_index = (cache.k, cache.v), cache.index
+      caches, cache_index = (cache.k, cache.v), cache.index
 
-    x, new_layer_caches = self.setup_block_stack(deterministic)(
-        x, positions, mask, layer_caches, cache_index)
+    # The caches ride in the layer loop's carry (not as scanned inputs/outputs, which would
+    # rebuild the stacked arrays every call): each layer updates its slots in place.
+    (x, new_caches, _), _ = self.setup_block_stack(deterministic)(
+        (x, caches, jnp.zeros((), jnp.int32)), positions, mask, cache_index)
     x = Norm(cfg, name="final_norm")(x)
 
     new_cache = None
     if cache is not None:
-      new_cache = KVCache(k=new_layer_caches[0], v=new_layer_caches[1], segment_ids=k_segments,
+      new_cache = KVCache(k=new_caches[0], v=new_caches[1], segment_ids=k_segments,
                           index=cache.index + t)
 
     # Heads in float32: log-probabilities and scores must not inherit bf16 rounding.
@@ -132,6 +147,8 @@ class DecoderLM(nn.Module):
       else:
         w = declare(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                     nn.initializers.normal(cfg.init_std), pdt).astype(jnp.float32)
+      if return_hidden:
+        return xf, new_cache
       logits = jnp.dot(xf, w, precision=jax.lax.Precision.HIGHEST)
       out = constrain(self.shard, logits, ("act_batch", "act_length", "act_vocab"))
     else:
@@ -141,6 +158,14 @@ class DecoderLM(nn.Module):
       out = (jnp.dot(xf, w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
              + b.astype(jnp.float32))[..., 0]
     return out, new_cache
+
+
+def lm_head_weight(cfg: ModelConfig, params) -> Array:
+  """The LM head of an "lm" DecoderLM's params as a float32 [d_model, vocab] matrix: what
+  `DecoderLM(..., return_hidden=True)`'s hidden states are multiplied by to give logits."""
+  if cfg.tie_embeddings:
+    return params["embed"].astype(jnp.float32).T
+  return params["lm_head"].astype(jnp.float32)
 
 
 def gather_at(values: Array, index: Array) -> Array:

@@ -48,8 +48,63 @@ def token_logprobs(logits: Array, targets: Array, temperature: float = 1.0) -> A
   Returns:
     [B, T] float32 log p(targets).
   """
-  logp = jax.nn.log_softmax(scaled_logits(logits, temperature), axis=-1)  # [B, T, V]
-  return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # target logit - logsumexp: the same value as log_softmax then gather, without writing a
+  # second [B, T, V] array (the full log_softmax) in the forward pass.
+  x = scaled_logits(logits, temperature)  # [B, T, V]
+  target = jnp.take_along_axis(x, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return target - jax.nn.logsumexp(x, axis=-1)
+
+
+def _entropy(x: Array) -> Array:
+  """Entropy of softmax(x) over the last axis; x float32 (-inf entries allowed)."""
+  logp = jax.nn.log_softmax(x, axis=-1)
+  p = jnp.exp(logp)
+  # where, not p * logp: p == 0 with logp == -inf would give nan.
+  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+
+
+def logprobs_from_hidden(hidden: Array, head: Array, targets: Array, temperature: float = 1.0,
+                         chunk: int = 0, with_entropy: bool = False):
+  """token_logprobs(hidden @ head, targets) without a [B, T, V] array, chunk by chunk.
+
+  The sequence is cut into chunks of `chunk` positions; each chunk's [B, chunk, V] logits
+  are computed, reduced to log-probabilities (and entropies) and dropped, under
+  jax.checkpoint, so the backward pass recomputes them chunk by chunk too. Peak memory of
+  the head goes from B*T*V floats (several of them, forward and backward) to B*chunk*V.
+
+  Args:
+    hidden: [B, T, d] final-norm hidden states (`DecoderLM(..., return_hidden=True)`).
+    head: [d, V] the LM head (`models.lm_head_weight`).
+    targets: [B, T] int ids.
+    temperature: as in `token_logprobs`.
+    chunk: positions per chunk; 0 (or >= T) computes everything at once.
+    with_entropy: also return the entropy of softmax(logits / temperature) per position.
+
+  Returns:
+    [B, T] float32 log p(targets) (and [B, T] entropies with `with_entropy`).
+  """
+  hidden = hidden.astype(jnp.float32)
+  head = head.astype(jnp.float32)
+  targets = targets.astype(jnp.int32)
+
+  def block(h, tgt):
+    x = scaled_logits(jnp.dot(h, head, precision=jax.lax.Precision.HIGHEST), temperature)
+    lp = jnp.take_along_axis(x, tgt[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(x, -1)
+    return (lp, _entropy(x)) if with_entropy else lp
+
+  b, t, d = hidden.shape
+  if not chunk or chunk >= t:
+    return block(hidden, targets)
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  hs = jnp.swapaxes(hidden.reshape(b, n, chunk, d), 0, 1)  # [n, B, chunk, d]
+  ts = jnp.swapaxes(targets.reshape(b, n, chunk), 0, 1)  # [n, B, chunk]
+  out = jax.lax.map(jax.checkpoint(lambda a: block(*a)), (hs, ts))
+  unchunk = lambda y: jnp.swapaxes(y, 0, 1).reshape(b, n * chunk)[:, :t]
+  return jax.tree.map(unchunk, out)
 
 
 def entropy_from_logits(logits: Array, temperature: float = 1.0) -> Array:
@@ -63,10 +118,7 @@ def entropy_from_logits(logits: Array, temperature: float = 1.0) -> Array:
   Returns:
     [B, T] float32 entropy in nats.
   """
-  logp = jax.nn.log_softmax(scaled_logits(logits, temperature), axis=-1)  # [B, T, V]
-  p = jnp.exp(logp)
-  # where, not p * logp: p == 0 with logp == -inf would give nan.
-  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+  return _entropy(scaled_logits(logits, temperature))  # [B, T]
 
 
 def masked_count(mask: Array, axis: Axis = None, keepdims: bool = False,
