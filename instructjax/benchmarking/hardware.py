@@ -59,8 +59,8 @@ def known_peak(device_kind: str) -> Optional[Peak]:
   return None
 
 
-def measure_matmul_peak(dtype="float32", n: int = 2048, reps: int = 5,
-                        seconds: float = 0.5) -> float:
+def measure_matmul_peak(dtype="float32", n: int = 2048, reps: int = 10,
+                        seconds: float = 0.3) -> float:
   """Best FLOP/s of a jitted [n, n] x [n, n] jnp.dot on the default device (2 n^3 FLOPs).
 
   Each repetition runs the dot enough times to last about `seconds`; the best repetition is
@@ -94,6 +94,7 @@ class DevicePeak:
   flops: float
   hbm_bytes_per_s: Optional[float]
   source: str  # "table: <name>" or "measured: jnp.dot <n>x<n> <dtype>"
+  matmul_n: Optional[int] = None  # Size of the measured matmul (measured peaks only).
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -109,7 +110,7 @@ def device_peak(compute_dtype: str = "float32", matmul_n: int = 2048) -> DeviceP
                       f"table: {peak.name} dense {'tf32/f32' if flops == peak.f32_flops else 'bf16'}")
   flops = measure_matmul_peak(compute_dtype, matmul_n)
   return DevicePeak(dev.device_kind, dev.platform, flops, None,
-                    f"measured: best jnp.dot {matmul_n}x{matmul_n} {compute_dtype}")
+                    f"measured: best jnp.dot {matmul_n}x{matmul_n} {compute_dtype}", matmul_n)
 
 
 def memory_stats() -> Optional[dict]:

@@ -537,11 +537,34 @@ def run_all(setup: Setup, batch: int, seq: int, shape: PPOShape, decode_batch: i
                                        shape.new_tokens, logprob_chunk, logprob_vocab)
     for key in ("full_logits", "from_hidden"):
       res["compile_s"][f"{e['name']}: {key} fwd+bwd"] = e[f"{key}/forward_backward"]["compile_s"]
+  if setup.peak.matmul_n:
+    _remeasure_peak(res, setup)
   try:
     res["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
   except OSError:
     pass
   return res
+
+
+def _remeasure_peak(res: dict, setup: Setup) -> None:
+  """A measured (CPU) peak is taken again at the end; the higher one counts and every MFU is
+  rescaled to it: on a shared machine the best matmul seen is the closest to the real peak."""
+  from instructjax.benchmarking.hardware import device_peak  # pylint: disable=import-outside-toplevel
+  first = setup.peak.flops
+  again = device_peak(setup.cfg.dtype, setup.peak.matmul_n).flops
+  best = max(first, again)
+  res["peak"]["measurements"] = [first, again]
+  res["peak"]["flops"] = best
+  res["peak"]["source"] += " (best of the start and the end of the run)"
+
+  def rescale(x):
+    if isinstance(x, dict):
+      for k, v in x.items():
+        if k == "mfu" and isinstance(v, float):
+          x[k] = v * first / best
+        else:
+          rescale(v)
+  rescale(res["benchmarks"])
 
 
 def _donation_text(d: dict) -> str:

@@ -48,11 +48,20 @@ def token_logprobs(logits: Array, targets: Array, temperature: float = 1.0) -> A
   Returns:
     [B, T] float32 log p(targets).
   """
-  # target logit - logsumexp: the same value as log_softmax then gather, without writing a
-  # second [B, T, V] array (the full log_softmax) in the forward pass.
-  x = scaled_logits(logits, temperature)  # [B, T, V]
-  target = jnp.take_along_axis(x, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return target - jax.nn.logsumexp(x, axis=-1)
+  # target logit / T - logsumexp(logits / T): the value of log_softmax then gather, without
+  # a [B, T, V] array in the forward pass (neither the log_softmax nor logits / T).
+  logits = logits.astype(jnp.float32)
+  target = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return scaled_logits(target, temperature) - _scaled_logsumexp(logits, temperature)
+
+
+def _scaled_logsumexp(logits: Array, temperature: float) -> Array:
+  """logsumexp(logits / temperature) over the last axis, float32, reading `logits` twice (max,
+  then the sum) so that the scaled array is never materialised."""
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  total = jnp.sum(jnp.exp(scaled_logits(logits - m, temperature)), axis=-1)
+  return jnp.log(total) + scaled_logits(m[..., 0], temperature)
 
 
 def _entropy(x: Array) -> Array:
@@ -88,9 +97,9 @@ def logprobs_from_hidden(hidden: Array, head: Array, targets: Array, temperature
   targets = targets.astype(jnp.int32)
 
   def block(h, tgt):
-    x = scaled_logits(jnp.dot(h, head, precision=jax.lax.Precision.HIGHEST), temperature)
-    lp = jnp.take_along_axis(x, tgt[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(x, -1)
-    return (lp, _entropy(x)) if with_entropy else lp
+    logits = jnp.dot(h, head, precision=jax.lax.Precision.HIGHEST)
+    lp = token_logprobs(logits, tgt, temperature)
+    return (lp, _entropy(scaled_logits(logits, temperature))) if with_entropy else lp
 
   b, t, d = hidden.shape
   if not chunk or chunk >= t:

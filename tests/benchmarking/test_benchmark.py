@@ -120,6 +120,7 @@ def test_benchmark_cli_at_ci_size(tmp_path):
   assert res["host"]["num_devices"] == 2 and res["host"]["platform"] == "cpu"
   assert len(res["host"]["load_average"]) == 3
   assert res["peak"]["source"].startswith("measured") and res["peak"]["flops"] > 0
+  assert res["peak"]["flops"] == max(res["peak"]["measurements"])  # Re-measured at the end.
   assert res["config"]["mesh"].startswith("data=2")
   b = res["benchmarks"]
   assert set(b) == {"lm_step", "rm_step", "rollout", "ppo_iteration"}
