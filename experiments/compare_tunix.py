@@ -27,9 +27,13 @@ Setup (the same on both sides unless said otherwise):
   * SFT: one train step on [32, 128] tokens, every position counted (ours: `make_lm_train_step`
     under `jit_step`, AdamW; tunix: `PeftTrainer` full fine-tuning with its default LM loss
     and AdamW, inputs [32, 128] so 127 predicted positions per row).
-  * timing: after --warmup iterations/steps (compilation included there), the median of --reps;
-    ours blocks on each step's result, tunix's step times are the intervals between its train
-    hooks' step ends (its loop keeps <= 2 steps in flight), which favours tunix slightly.
+  * timing: both sides are built and warmed up (--warmup iterations/steps, compilation
+    included) first, then timed in --rounds alternating rounds (ours, tunix, ours, ...) of
+    --reps // --rounds each, so that a change of the machine's load hits both alike. PPO: the
+    median over all timed iterations, each blocked on its result. SFT: per round, the mean
+    step time of back-to-back steps (ours: dispatched without waiting, one block at the end;
+    tunix: one `train()` call, which keeps <= 2 steps in flight and waits at the end); the
+    median over rounds. "1st call": the warm-up's first iteration / the warm-up steps' total.
 The load average is printed with every block: the CPU is shared, timings are noisy.
 """
 from __future__ import annotations
@@ -44,11 +48,14 @@ import time
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from instructjax import config_lib
 from instructjax.benchmarking import report, suite
 from instructjax.benchmarking.hardware import device_peak, host_info
 from instructjax.models import get_preset
+from instructjax.optim import make_optimizer
 from instructjax.sharding import ShardingContext, get_rules, make_mesh
 from instructjax.tokenizers import WORLD_ALPHABET, CharTokenizer
 
@@ -140,9 +147,29 @@ def ours_ppo(setup: suite.Setup, prompts: list[str], ptx_coef: float):
   return run
 
 
-def ours_sft(setup: suite.Setup) -> dict:
-  e = suite.bench_lm_step(setup, _BATCH.value, _SEQ.value)
-  return {"time": e["time"], "compile_s": e["compile_s"], "mfu": e["mfu"]}
+def ours_sft(setup: suite.Setup):
+  """A runner of our LM/SFT train step: run(n) -> seconds per step over n steps dispatched
+  back to back (one block at the end), like tunix's loop."""
+  from instructjax.models import DecoderLM  # pylint: disable=import-outside-toplevel
+  from instructjax.stages.jit import jit_step  # pylint: disable=import-outside-toplevel
+  from instructjax.stages.lm import make_lm_train_step  # pylint: disable=import-outside-toplevel
+  from instructjax.state import create_train_state  # pylint: disable=import-outside-toplevel
+  model = DecoderLM(setup.cfg, shard=setup.ctx)
+  tx, schedule = make_optimizer(ml_collections.ConfigDict(config_lib.optim_config(lr=1e-3)),
+                                1000)
+  state, shardings = create_train_state(model, tx, setup.key(), setup.ctx)
+  data = suite.place(setup, suite.lm_batch(setup.cfg.vocab_size, _BATCH.value, _SEQ.value))
+  step = jit_step(make_lm_train_step(model, tx, schedule), setup.ctx, shardings, data)
+  box = {"state": state}
+
+  def run(n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+      box["state"], metrics = step(box["state"], data, jax.random.key(i))
+    jax.block_until_ready((box["state"], metrics))
+    return (time.perf_counter() - start) / n
+
+  return run
 
 
 # ----------------------------------------------------------------------------------- tunix
@@ -246,20 +273,22 @@ def tunix_ppo(prompts: list[str], total_iterations: int):
   return run
 
 
-def tunix_sft() -> dict:
+def tunix_sft():
+  """A runner of tunix's PeftTrainer (full fine-tuning): run(n) -> seconds per step of one
+  `train()` call over n batches (its loop keeps <= 2 steps in flight, waits for all at the
+  end)."""
   # pylint: disable=import-outside-toplevel
   from flax import nnx
   import optax
-  from tunix.sft import hooks, peft_trainer
+  from tunix.sft import peft_trainer
   from tunix.sft import utils as sft_utils
 
   qwen3, mcfg = tunix_model_config()
   model = qwen3.Qwen3(mcfg, rngs=nnx.Rngs(0))
-  steps = _WARMUP.value + _REPS.value
   trainer = peft_trainer.PeftTrainer(
       model, optax.adamw(1e-3),
-      peft_trainer.TrainingConfig(eval_every_n_steps=10 ** 9, max_steps=steps,
-                                  pbar_description=None))
+      peft_trainer.TrainingConfig(eval_every_n_steps=10 ** 9, pbar_description=None))
+  trainer.is_managed_externally = True  # Every train() call runs all its batches, no close().
 
   def model_input(x):
     mask = x.input_mask
@@ -268,41 +297,22 @@ def tunix_sft() -> dict:
             "attention_mask": sft_utils.make_causal_attn_mask(mask)}
 
   trainer.with_gen_model_input_fn(model_input)
-  stamps = []
-
-  class Stamps(hooks.TrainingHooks):
-    def on_train_start(self, train_ctx):
-      stamps.append(time.perf_counter())
-
-    def on_train_end(self, train_ctx):
-      stamps.append(time.perf_counter())
-
-    def on_train_step_start(self, train_ctx):
-      pass
-
-    def on_train_step_end(self, train_ctx, train_step, train_loss):
-      stamps.append(time.perf_counter())
-
-    def on_eval_step_start(self, train_ctx):
-      pass
-
-    def on_eval_step_end(self, train_ctx, eval_loss):
-      pass
-
-  trainer.with_training_hooks(Stamps())
   rng = np.random.default_rng(0)
-  batches = [peft_trainer.TrainingInput(
+  batch = peft_trainer.TrainingInput(
       input_tokens=jnp.asarray(rng.integers(3, mcfg.vocab_size, (_BATCH.value, _SEQ.value)),
                                jnp.int32),
-      input_mask=jnp.ones((_BATCH.value, _SEQ.value), bool)) for _ in range(steps)]
-  trainer.train(batches)
-  # stamps: start, end of step 1..steps, end of train (after waiting for all steps).
-  ends = stamps[1:-1]
-  if len(ends) != steps:
-    raise RuntimeError(f"tunix ran {len(ends)} SFT steps, expected {steps}")
-  intervals = [b - a for a, b in zip(ends[_WARMUP.value - 1:], ends[_WARMUP.value:])]
-  intervals[-1] = max(intervals[-1], stamps[-1] - ends[-2])  # The last step, fully finished.
-  return {"first_s": ends[0] - stamps[0], "time": median_dict(intervals)}
+      input_mask=jnp.ones((_BATCH.value, _SEQ.value), bool))
+
+  def run(n: int) -> float:
+    before = trainer.train_steps
+    start = time.perf_counter()
+    trainer.train([batch] * n)
+    elapsed = time.perf_counter() - start
+    if trainer.train_steps - before != n:
+      raise RuntimeError(f"tunix ran {trainer.train_steps - before} SFT steps, expected {n}")
+    return elapsed / n
+
+  return run
 
 
 # ----------------------------------------------------------------------------------- main
@@ -315,13 +325,14 @@ def markdown(res: dict) -> str:
            f"CPUs, jax {h['jax']}, tunix {res['tunix_version']}",
            "- setup: experiments/compare_tunix.py docstring (tiny llama-shaped model on both "
            "sides; PPO B=32, 40 + 32 tokens, 2 epochs x 4 minibatches of 8; SFT [32, 128])",
-           "- ratio = tunix time / our time (> 1: ours faster)", ""]
+           "- ratio = tunix time / our time (> 1: ours faster); first: the first PPO iteration or "
+           "the warm-up SFT steps, compilation included", ""]
   rows = []
   for r in res["rows"]:
     rows.append([r["what"], r["ours_s"], r.get("tunix_s"), r.get("ratio"), r.get("ours_first_s"),
                  r.get("tunix_first_s"), str(r.get("load_average", ""))])
   lines.append(report.table(["measurement", "ours median s", "tunix median s",
-                             "tunix / ours", "ours 1st call s", "tunix 1st call s",
+                             "tunix / ours", "ours first s", "tunix first s",
                              "load avg during"], rows))
   return "\n".join(lines) + "\n"
 
@@ -388,11 +399,19 @@ def main(argv):
       row(f"ours with ptx_coef={_PTX.value} (PPO-ptx, no tunix counterpart)",
           {"first_s": first[0], "time": median_dict(ptx_run(_REPS.value))})
   if "sft" in _ONLY.value:
-    print(f"ours: SFT step ... (load {load_average()})", flush=True)
-    ours = ours_sft(setup)
-    print(f"tunix: SFT step ... (load {load_average()})", flush=True)
-    theirs = tunix_sft()
-    row(f"SFT step [{_BATCH.value}, {_SEQ.value}]", ours, theirs)
+    rounds, per_round = _ROUNDS.value, max(_REPS.value // _ROUNDS.value, 1)
+    print(f"SFT: warm-up ... (load {load_average()})", flush=True)
+    ours_run, tunix_run = ours_sft(setup), tunix_sft()
+    ours_first, tunix_first = ours_run(_WARMUP.value), tunix_run(_WARMUP.value)
+    ours_t, tunix_t = [], []
+    for r in range(rounds):
+      print(f"SFT round {r + 1}/{rounds} (load {load_average()})", flush=True)
+      ours_t.append(ours_run(per_round))
+      tunix_t.append(tunix_run(per_round))
+    row(f"SFT step [{_BATCH.value}, {_SEQ.value}] (mean of {per_round} back-to-back steps, "
+        f"median of {rounds} rounds)",
+        {"first_s": ours_first * _WARMUP.value, "time": median_dict(ours_t)},
+        {"first_s": tunix_first * _WARMUP.value, "time": median_dict(tunix_t)})
   res["load_average_end"] = load_average()
   md = markdown(res)
   print(md)
