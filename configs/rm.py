@@ -34,6 +34,12 @@ def get_config(arg=None):
     c.data = config_lib.data_config(seq_len=72, pack=False, num_sft=3000, num_rm=1500,
                                     num_heldout=300, comparison_source="static")
     c.data.k_max = 9  # The world's largest K: one compiled shape whatever the batch holds.
+    # One row per prompt: the prompt once, then its K responses (shared-prefix attention), about
+    # 2.5x fewer tokens than K rows of 72. 448 holds the longest possible row (a 35-token prompt
+    # and 9 responses of 40 + EOS); batches are cut to a multiple of 64 columns, so at most a
+    # few widths are compiled.
+    c.data.packed_len = 448
+    c.data.pack_bucket = 64
     # Measured (static): lr 1e-3 beats 3e-4 and 2e-3; 300 steps or more comparisons gain ~0.
     c.train = config_lib.train_config(batch_size=16, num_steps=a.steps or 200, log_every=25,
                                       eval_every=100, eval_batches=4, save_every=100)
@@ -42,6 +48,8 @@ def get_config(arg=None):
   else:
     c.data = config_lib.data_config(seq_len=1024, pack=False, source="jsonl")
     c.data.k_max = 0  # 0: the largest K in the training data.
+    c.data.packed_len = 0  # 0: K rows of seq_len per prompt; > 0: one packed row (see tiny).
+    c.data.pack_bucket = 64
     c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 2000, log_every=25,
                                       eval_every=250, eval_batches=16, save_every=500)
     c.optim = config_lib.optim_config(lr=9e-6, warmup_steps=100, weight_decay=0.0)

@@ -106,6 +106,69 @@ def empty_comparison_row(k_max: int, seq_len: int, pad_id: int) -> Row:
   return comparison_row([], k_max, seq_len, pad_id, group=-1)
 
 
+def packed_length(seqs: Sequence[np.ndarray], prompt_len: int) -> int:
+  """Tokens of one prompt followed by all its responses (the prompt written once)."""
+  return prompt_len + sum(len(s) - prompt_len for s in seqs)
+
+
+def packed_comparison_row(seqs: Sequence[np.ndarray], prompt_len: int, k_max: int,
+                          seq_len: int, pad_id: int, group: int) -> Row:
+  """One prompt's ranked sequences packed in one row: the prompt once, then each response.
+
+  `seqs` are prompt + response_k + EOS, all starting with the same `prompt_len` prompt tokens.
+  Row layout [T]: segment 1 = the prompt (positions 0..P-1), segment k + 2 = response k
+  (positions P, P + 1, ...: each response continues the prompt as in its own sequence); with
+  the model's `shared_prefix` attention each response sees the prompt and itself only, so
+  its score equals the unpacked row's. last_index [K_max]: column of response k's last token;
+  response_id [K_max]: the slot of the first response with the same tokens (equal ids =
+  identical responses).
+  """
+  n = packed_length(seqs, prompt_len) if seqs else 0
+  if n > seq_len:
+    raise ValueError(f"a prompt with its {len(seqs)} responses is {n} tokens, more than the "
+                     f"packed row length {seq_len}")
+  tokens = np.full((seq_len,), pad_id, np.int32)
+  positions = np.zeros((seq_len,), np.int32)
+  segment_ids = np.zeros((seq_len,), np.int32)
+  k_mask = np.zeros((k_max,), bool)
+  last_index = np.zeros((k_max,), np.int32)
+  response_id = np.arange(k_max, dtype=np.int32)
+  if seqs:
+    tokens[:prompt_len] = seqs[0][:prompt_len]
+    positions[:prompt_len] = np.arange(prompt_len, dtype=np.int32)
+    segment_ids[:prompt_len] = 1
+  col, first = prompt_len, {}
+  for k, ids in enumerate(seqs):
+    response = np.asarray(ids[prompt_len:], np.int32)
+    m = len(response)
+    tokens[col:col + m] = response
+    positions[col:col + m] = prompt_len + np.arange(m, dtype=np.int32)
+    segment_ids[col:col + m] = k + 2
+    col += m
+    k_mask[k] = True
+    last_index[k] = col - 1
+    response_id[k] = first.setdefault(response.tobytes(), k)
+  return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids,
+          "k_mask": k_mask, "last_index": last_index, "response_id": response_id,
+          "group": np.int32(group)}
+
+
+def empty_packed_comparison_row(k_max: int, seq_len: int, pad_id: int) -> Row:
+  return packed_comparison_row([], 0, k_max, seq_len, pad_id, group=-1)
+
+
+def trim_packed(batch: Row, bucket: int) -> Row:
+  """Cuts a packed comparison batch's trailing all-padding columns, keeping a multiple of
+  `bucket` columns (so only a few widths, each compiled once, ever reach the step)."""
+  used = int(np.max(np.nonzero(batch["segment_ids"].any(axis=0))[0], initial=-1)) + 1
+  t = batch["tokens"].shape[1]
+  width = min(t, max(bucket, -(-used // bucket) * bucket))
+  if width == t:
+    return batch
+  return {k: (v[:, :width] if k in ("tokens", "positions", "segment_ids") else v)
+          for k, v in batch.items()}
+
+
 def prompt_row(ids: np.ndarray, prompt_len: int, pad_id: int, example_id: int) -> Row:
   """A prompt LEFT padded to P, so every prompt ends at the same column and generation appends."""
   n = len(ids)

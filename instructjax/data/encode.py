@@ -22,7 +22,8 @@ Counts of truncated prompts and responses (and split documents) go to the DataRe
 Encoded examples are small dicts of numpy arrays and ints, the elements of the grain pipelines:
   LM:         {"ids": int32[L], "loss_start": int}  loss counts targets at t in
               [loss_start, L - 2], i.e. predicting ids[loss_start + 1:]
-  comparison: {"seqs": [int32[L_k] for k, best to worst], "group": int, "example_id": int}
+  comparison: {"seqs": [int32[L_k] for k, best to worst], "prompt_len": int (the tokens every
+              seq starts with), "group": int, "example_id": int}
   prompt:     {"ids": int32[L], "example_id": int}
 """
 from __future__ import annotations
@@ -158,7 +159,7 @@ def encode_comparison(cmp: Comparison, tokenizer, cfg: EncodeConfig, report: Dat
     seqs.append(np.asarray(_fit_response(prompt, ids, tokenizer.eos_id, cfg, cmp.where,
                                          scratch, keep_eos=True), np.int32))
   report.merge(scratch)
-  return {"seqs": seqs, "group": group_id, "example_id": example_id}
+  return {"seqs": seqs, "prompt_len": len(prompt), "group": group_id, "example_id": example_id}
 
 
 def encode_prompt(rec: PromptRecord, tokenizer, cfg: EncodeConfig, report: DataReport, *,

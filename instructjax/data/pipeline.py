@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
@@ -41,7 +41,7 @@ from instructjax.data import batching
 from instructjax.data.adapters import Adapter
 from instructjax.data.encode import (EncodeConfig, encode_comparison, encode_lm_records,
                                      encode_prompt)
-from instructjax.data.errors import DataReport, OnError, guarded, log_report
+from instructjax.data.errors import DataError, DataReport, OnError, guarded, log_report
 from instructjax.data.loading import load_records
 from instructjax.data.sources import Source
 
@@ -220,7 +220,9 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
                              drop_remainder: bool = True, add_bos: bool = False,
                              max_prompt_len: int | None = None, truncate: bool = True,
                              on_error: OnError = "raise", adapter: str | Adapter | None = None,
-                             read_threads: int = 0, log: bool = True) -> BatchIterator:
+                             read_threads: int = 0, log: bool = True,
+                             packed_len: int | None = None, pack_bucket: int = 64
+                             ) -> BatchIterator:
   """Batches of ranked comparisons for the reward model.
 
   Args:
@@ -228,12 +230,17 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
     max_responses: K_max slots per prompt; default the largest K in the data. A record with
       more responses is a DataError "too_many_responses".
     adapter: "hh", "tldr" or a callable.
+    packed_len: pack each prompt with its K responses into ONE row of at most this many
+      tokens (the prompt written once; `batching.packed_comparison_row`, the model's
+      `shared_prefix` attention) instead of K rows of `seq_len`; a comparison that does not
+      fit is a DataError "too_long". Each batch is cut to a multiple of `pack_bucket` columns.
     (other arguments as in make_lm_iterator)
 
   Returns:
-    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T], "k_mask" and
-    "last_index" [B, K_max], "group" [B] (index into `group_names`, -1 = none); slot 0 of each
-    prompt holds the best response. `records` are the validated Comparisons.
+    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T] (packed: [B, T'] and
+    "response_id" [B, K_max]), "k_mask" and "last_index" [B, K_max], "group" [B] (index into
+    `group_names`, -1 = none); slot 0 of each prompt holds the best response. `records` are the
+    validated Comparisons.
   """
   cfg = EncodeConfig(seq_len=seq_len, max_prompt_len=max_prompt_len, add_bos=add_bos,
                      truncate=truncate)
@@ -249,8 +256,11 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
   examples = []
   for i, cmp in enumerate(parsed):
     gid = group_ids[cmp.group] if cmp.group is not None else -1
-    ex = guarded(functools.partial(encode_comparison, cmp, tokenizer, cfg, report, k_max=k_max,
-                                   group_id=gid, example_id=i), report, on_error)
+    encode = functools.partial(encode_comparison, cmp, tokenizer, cfg, report, k_max=k_max,
+                               group_id=gid, example_id=i)
+    if packed_len:
+      encode = functools.partial(_encode_packable, encode, cmp.where, packed_len)
+    ex = guarded(encode, report, on_error)
     if ex is not None:
       examples.append(ex)
   report.num_kept = len(examples)
@@ -262,20 +272,48 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
   pad = tokenizer.pad_id
   ds = index_dataset(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                      shard_index=shard_index, shard_count=shard_count)
-  ds = ds.map(functools.partial(_comparison_row, k_max=k_max, seq_len=seq_len, pad_id=pad))
-  empty = functools.partial(batching.empty_comparison_row, k_max, seq_len, pad)
+  if packed_len:
+    ds = ds.map(functools.partial(_packed_comparison_row, k_max=k_max, seq_len=packed_len,
+                                  pad_id=pad))
+    empty = functools.partial(batching.empty_packed_comparison_row, k_max, packed_len, pad)
+    collate = functools.partial(_collate_packed, batch_size=batch_size, empty_row=empty,
+                                bucket=pack_bucket)
+  else:
+    ds = ds.map(functools.partial(_comparison_row, k_max=k_max, seq_len=seq_len, pad_id=pad))
+    empty = functools.partial(batching.empty_comparison_row, k_max, seq_len, pad)
+    collate = functools.partial(batching.collate, batch_size=batch_size, empty_row=empty)
   it_ds = ds.to_iter_dataset(_read_options(read_threads)).batch(
-      batch_size, drop_remainder=drop_remainder,
-      batch_fn=functools.partial(batching.collate, batch_size=batch_size, empty_row=empty))
+      batch_size, drop_remainder=drop_remainder, batch_fn=collate)
   fingerprint = _fingerprint(examples, "comparison", seed=seed, shuffle=shuffle,
                              num_epochs=num_epochs, batch_size=batch_size, seq_len=seq_len,
-                             k_max=k_max, shard_index=shard_index, shard_count=shard_count)
+                             k_max=k_max, shard_index=shard_index, shard_count=shard_count,
+                             **({"packed_len": packed_len, "pack_bucket": pack_bucket}
+                                if packed_len else {}))
   return BatchIterator(it_ds, fingerprint=fingerprint, report=report, records=parsed,
                        group_names=group_names)
 
 
 def _comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):
   return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"])
+
+
+def _encode_packable(encode: Callable[[], dict[str, Any]], where: str,
+                     packed_len: int) -> dict[str, Any]:
+  ex = encode()
+  n = batching.packed_length(ex["seqs"], ex["prompt_len"])
+  if n > packed_len:
+    raise DataError(where, "too_long", f"prompt + {len(ex['seqs'])} responses packed is {n} "
+                    f"tokens, more than packed_len {packed_len}")
+  return ex
+
+
+def _packed_comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):
+  return batching.packed_comparison_row(ex["seqs"], ex["prompt_len"], k_max, seq_len, pad_id,
+                                        ex["group"])
+
+
+def _collate_packed(rows, batch_size: int, empty_row, bucket: int):
+  return batching.trim_packed(batching.collate(rows, batch_size, empty_row), bucket)
 
 
 def make_prompt_iterator(records: Source, tokenizer, *, batch_size: int, prompt_len: int,

@@ -34,14 +34,24 @@ def positions_from_mask(mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def attention_mask(q_segments: Array, k_segments: Array, q_slots: Array) -> Array:
+SHARED_PREFIX_SEGMENT = 1  # With shared_prefix: the segment every other segment of its row sees.
+
+
+def attention_mask(q_segments: Array, k_segments: Array, q_slots: Array,
+                   shared_prefix: bool = False) -> Array:
   """[B, T, S] bool: causal by slot, same segment, key not padding.
 
   q_segments: [B, T]; k_segments: [B, S]; q_slots: [T] slot index of each query.
+  shared_prefix: segment 1 is also visible to every other (non-padding) segment of its row:
+    one prompt followed by several continuations packed in one row, each continuation
+    attending to the prompt and to itself only, as if it were its own row.
   """
   k_slots = jnp.arange(k_segments.shape[1])
   causal = k_slots[None, :] <= q_slots[:, None]  # [T, S]
   same = q_segments[:, :, None] == k_segments[:, None, :]
+  if shared_prefix:
+    same = same | ((k_segments == SHARED_PREFIX_SEGMENT)[:, None, :]
+                   & (q_segments != 0)[:, :, None])
   return causal[None] & same & (k_segments != 0)[:, None, :]
 
 
@@ -94,7 +104,7 @@ class DecoderLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, segment_ids: Array,
                cache: Optional[KVCache] = None, deterministic: bool = True,
-               return_hidden: bool = False):
+               return_hidden: bool = False, shared_prefix: bool = False):
     """Returns (logits or values, new cache or None).
 
     With `return_hidden` (lm head only) the first output is instead the final-norm hidden
@@ -102,8 +112,14 @@ class DecoderLM(nn.Module):
     head's [d_model, vocab] matrix): log-probabilities can then be computed chunk by chunk
     (`ops.logprobs.logprobs_from_hidden`) without a [B, T, vocab] array. The parameters are
     the same either way.
+
+    With `shared_prefix` (no cache) segment 1 of each row is a prefix that every other segment
+    of the row attends to (`attention_mask`): a prompt with K responses packed in one row,
+    positions of each response continuing from the prompt's end.
     """
     cfg = self.cfg
+    if shared_prefix and cache is not None:
+      raise ValueError("shared_prefix packs whole sequences: it cannot be used with a cache")
     if return_hidden and self.head != "lm":
       raise ValueError("return_hidden needs the lm head")
     if self.head not in HEADS:
@@ -121,7 +137,7 @@ class DecoderLM(nn.Module):
 
     t = tokens.shape[1]
     if cache is None:
-      mask = attention_mask(segment_ids, segment_ids, jnp.arange(t))
+      mask = attention_mask(segment_ids, segment_ids, jnp.arange(t), shared_prefix)
       caches, cache_index = None, None
     else:
       k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))

@@ -7,6 +7,12 @@ with its K ranked responses, best first:
   last_index                      int32 [B, K_max]     column of each slot's last real token
 The model sees the slots as B * K_max independent rows; a response's reward is the scalar head
 read at its last real token (the EOS), so it has attended to the whole prompt and response.
+
+Packed layout (`make_comparison_iterator(packed_len=...)`): tokens, positions, segment_ids
+[B, T] hold the prompt once (segment 1) followed by the K responses (segments 2..K+1), the
+model attends with `shared_prefix` so each response sees the prompt and itself only, and
+last_index [B, K_max] gives each response's EOS column: the same scores from ~K times fewer
+tokens. The eval step also takes response_id [B, K_max] (equal ids = identical responses).
 """
 from __future__ import annotations
 
@@ -23,11 +29,21 @@ from instructjax.ops.reward_loss import pairwise_ranking_loss
 from instructjax.state import TrainState
 
 RM_KEYS = ("tokens", "positions", "segment_ids", "k_mask", "last_index")
+EVAL_KEYS = RM_KEYS + ("response_id",)  # response_id: packed batches only.
 HEAD_PARAMS = ("score_kernel", "score_bias")  # The scalar head; everything else is the trunk.
+
+
+def is_packed(batch) -> bool:
+  return batch["tokens"].ndim == 2
 
 
 def rm_scores(model: DecoderLM, params, batch) -> jax.Array:
   """Scores [B, K_max] float32 of every slot (padding slots hold whatever the model says)."""
+  if is_packed(batch):
+    values, _ = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                            batch["segment_ids"], deterministic=True,
+                            shared_prefix=True)  # [B, T]
+    return gather_at(values, batch["last_index"])  # [B, K_max]
   b, k, t = batch["tokens"].shape
   flat = lambda x: x.reshape(b * k, t)
   # Always deterministic: dropout noise in the scores would leak into the ranking targets.
@@ -78,8 +94,12 @@ def make_rm_eval_step(model: DecoderLM) -> Callable:
   def evaluate(params, batch):
     scores = rm_scores(model, params, batch)
     loss, m = pairwise_ranking_loss(scores, batch["k_mask"])
-    tokens = batch["tokens"]
-    same = (tokens[:, :, None, :] == tokens[:, None, :, :]).all(axis=-1)
+    if is_packed(batch):
+      ids = batch["response_id"]
+      same = ids[:, :, None] == ids[:, None, :]
+    else:
+      tokens = batch["tokens"]
+      same = (tokens[:, :, None, :] == tokens[:, None, :, :]).all(axis=-1)
     return {"loss": loss, "num_prompts": m["num_prompts"], "scores": scores,
             "k_mask": batch["k_mask"], "same": same}
   return evaluate

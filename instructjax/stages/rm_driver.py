@@ -53,7 +53,7 @@ from instructjax.stages import inputs
 from instructjax.stages.device_data import DeviceIterator, to_device_batch
 from instructjax.stages.jit import jit_step
 from instructjax.stages.lm_driver import RUNTIME_FIELDS, model_dir, sharding_context
-from instructjax.stages.rm import (RM_KEYS, fold_normalization, make_rm_eval_step,
+from instructjax.stages.rm import (EVAL_KEYS, RM_KEYS, fold_normalization, make_rm_eval_step,
                                    make_rm_train_step, pairwise_agreement, rm_init_params)
 from instructjax.state import boxed_param_init, create_train_state
 from instructjax.tokenizers import load_tokenizer
@@ -102,6 +102,13 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   if rm.sample_batch_size % dp:
     raise ConfigError(f"config.rm.sample_batch_size={rm.sample_batch_size} is not divisible by "
                       f"the data-parallel size {dp}")
+  packed = config.data.get("packed_len", 0)
+  if packed and packed < config.data.seq_len:
+    raise ConfigError(f"config.data.packed_len={packed}: a packed row holds a prompt with all "
+                      f"its responses, it cannot be shorter than config.data.seq_len "
+                      f"{config.data.seq_len} (0 = no packing)")
+  if packed and config.data.get("pack_bucket", 64) < 1:
+    raise ConfigError(f"config.data.pack_bucket must be >= 1, got {config.data.pack_bucket}")
   if config.data.k_max and config.data.k_max < 2:
     raise ConfigError(f"config.data.k_max: a comparison needs K >= 2 slots, got "
                       f"{config.data.k_max} (0 = the largest K in the data)")
@@ -368,7 +375,9 @@ def comparison_sources(config, workdir: str, sft: Sft) -> tuple[Any, Any, dict]:
 
 def comparison_iterator(records, tokenizer, config, k_max: Optional[int], train: bool):
   kw = dict(batch_size=host_batch_size(config.train.batch_size), seq_len=config.data.seq_len,
-            max_responses=k_max, on_error=config.data.on_error, adapter=config.data.adapter or None)
+            max_responses=k_max, on_error=config.data.on_error, adapter=config.data.adapter or None,
+            packed_len=config.data.get("packed_len", 0) or None,
+            pack_bucket=config.data.get("pack_bucket", 64))
   if train:
     return make_comparison_iterator(records, tokenizer, seed=config.seed, **kw)
   return make_comparison_iterator(records, tokenizer, seed=0, num_epochs=1, shuffle=False,
@@ -376,7 +385,7 @@ def comparison_iterator(records, tokenizer, config, k_max: Optional[int], train:
 
 
 def device_batches(host_iter, ctx) -> list[dict]:
-  return [to_device_batch({k: b[k] for k in RM_KEYS}, ctx) for b in host_iter]
+  return [to_device_batch({k: b[k] for k in EVAL_KEYS if k in b}, ctx) for b in host_iter]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,9 +521,9 @@ def normalize(evaluate: Callable, params, data: RmData, config) -> tuple[Any, di
 
 
 def batch_spec(config, k_max: int) -> dict:
-  b, t = config.train.batch_size, config.data.seq_len
+  b, t, packed = config.train.batch_size, config.data.seq_len, config.data.get("packed_len", 0)
   slots = lambda dtype: jax.ShapeDtypeStruct((b, k_max), dtype)
-  seqs = lambda: jax.ShapeDtypeStruct((b, k_max, t), jnp.int32)
+  seqs = lambda: jax.ShapeDtypeStruct((b, packed) if packed else (b, k_max, t), jnp.int32)
   return {"tokens": seqs(), "positions": seqs(), "segment_ids": seqs(),
           "k_mask": slots(jnp.bool_), "last_index": slots(jnp.int32)}
 
