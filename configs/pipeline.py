@@ -46,6 +46,9 @@ def get_config(arg=None):
   c.rm_group.data.world.group_conditioned = True
   c.ppo_group = _stage("ppo.py", v)
   c.ppo_group.data.world.group_conditioned = True
+  # Each group tags half the PPO prompts: the minority's conditional behaviour gets as many
+  # policy updates as the majority's (with the labelers' 70/30 shares it was unlearnt).
+  c.ppo_group.data.world.ppo_group_tags = "uniform"
   if v.startswith("tiny"):
     # The 10-minute budget of the whole pipeline on a 2-core CPU: fewer steps than the
     # stand-alone stage configs, which are tuned for each stage's own quality.
@@ -53,8 +56,8 @@ def get_config(arg=None):
     c.pretrain.train.eval_every = c.pretrain.train.save_every = 150
     c.sft.train.num_steps = 250
     for rm in (c.rm, c.rm_group):
-      rm.train.num_steps = 120
-      rm.train.eval_every = rm.train.save_every = 60
+      rm.train.num_steps = 200
+      rm.train.eval_every = rm.train.save_every = 100
       rm.rm.norm_samples = 128
     # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
     c.rm_group.data.seq_len = 88

@@ -24,9 +24,10 @@ from instructjax.world import corpus
 from instructjax.world.demonstrator import Demonstration, demonstrations
 from instructjax.world.labelers import sample_group
 from instructjax.world.partition import sample_prompts
-from instructjax.world.prompts import condition_on_group
+from instructjax.world.prompts import GROUPS, condition_on_group
 
 COMPARISON_SOURCES = ("static", "policy")
+PPO_GROUP_TAGS = ("shares", "uniform")
 
 # Split name -> record kind.
 SPLITS: dict[str, str] = {
@@ -60,11 +61,18 @@ class WorldConfig:
   # Share of SFT demonstrations whose prompt carries a random group tag, so the SFT policy
   # knows the tagged form (the demonstrator ignores the tag, as the spec's demonstrators do).
   sft_group_tag_fraction: float = 0.0
+  # How group-conditioned PPO prompts are tagged: "shares" (plain 0.7, polite 0.3, as the
+  # labelers) or "uniform" (each group half the prompts, so the minority's conditional
+  # behaviour gets as many policy updates as the majority's; free choice of the experiment).
+  ppo_group_tags: str = "shares"
 
   def __post_init__(self):
     if self.comparison_source not in COMPARISON_SOURCES:
       raise ValueError(f"comparison_source must be one of {COMPARISON_SOURCES}, "
                        f"got {self.comparison_source!r}")
+    if self.ppo_group_tags not in PPO_GROUP_TAGS:
+      raise ValueError(f"ppo_group_tags must be one of {PPO_GROUP_TAGS}, "
+                       f"got {self.ppo_group_tags!r}")
 
 
 def split_rng(config: WorldConfig, name: str) -> np.random.Generator:
@@ -89,6 +97,8 @@ def ppo_prompts(config: WorldConfig) -> list[str]:
   if not config.group_conditioned:
     return prompts
   rng = split_rng(config, "ppo_groups")
+  if config.ppo_group_tags == "uniform":
+    return [condition_on_group(p, GROUPS[int(rng.integers(0, len(GROUPS)))]) for p in prompts]
   return [condition_on_group(p, sample_group(rng)) for p in prompts]
 
 

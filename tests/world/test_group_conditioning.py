@@ -38,3 +38,17 @@ def test_unconditioned_data_is_unchanged_and_sft_tags_a_fraction():
   assert [d.response for d in demos] == [d.response for d in base]
   assert all(split_group(p)[0] is not None for p in
              splits.ppo_prompts(splits.WorldConfig(num_ppo=50, group_conditioned=True)))
+
+
+def test_ppo_group_tags_follow_the_shares_or_are_uniform():
+  def polite_share(tags):
+    cfg = splits.WorldConfig(num_ppo=2000, group_conditioned=True, ppo_group_tags=tags)
+    return np.mean([split_group(p)[0] == "polite" for p in splits.ppo_prompts(cfg)])
+  assert 0.27 < polite_share("shares") < 0.33
+  assert 0.47 < polite_share("uniform") < 0.53
+  try:
+    splits.WorldConfig(ppo_group_tags="majority")
+  except ValueError as e:
+    assert "ppo_group_tags" in str(e)
+  else:
+    raise AssertionError("an unknown ppo_group_tags must be refused")
