@@ -334,12 +334,11 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
   loss = pg_loss
   if cfg.entropy_coef:
     loss = loss - cfg.entropy_coef * entropy
-  ptx = jnp.zeros((), jnp.float32)
-  if cfg.use_ptx:
+  metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy), **pm}
+  if cfg.use_ptx:  # Without ptx there is no ptx loss to log (not a loss of 0).
     ptx, _ = lm_loss(models.policy, params, ptx_mb)
     loss = loss + cfg.ptx_coef * ptx
-  metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy),
-             "ptx_loss": jax.lax.stop_gradient(ptx), **pm}
+    metrics["ptx_loss"] = jax.lax.stop_gradient(ptx)
   return loss, metrics
 
 
@@ -474,8 +473,8 @@ def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: Dec
 
   Metrics (scalars): score, score_penalized, kl, beta (used for this batch's rewards),
   non_score_reward, reward_total, response_length, eos_fraction, value_explained_variance,
-  value_mean, advantage_abs_mean, policy_loss, value_loss, ptx_loss, loss, clip_fraction,
-  value_clip_fraction, approx_kl, ratio_mean, ratio_max, entropy, policy_grad_norm,
+  value_mean, advantage_abs_mean, policy_loss, value_loss, ptx_loss (with ptx), loss,
+  clip_fraction, value_clip_fraction, approx_kl, ratio_mean, ratio_max, entropy, policy_grad_norm,
   value_grad_norm (minibatch means, ratio_max a max), sampler_logprob_error.
   """
   cfg.validate()

@@ -322,6 +322,19 @@ def test_ptx_gradient_is_added_to_ppo_and_off_at_zero(update, rollout0):
     np.testing.assert_allclose(b, a + 0.5 * c, rtol=1e-4, atol=1e-6)
 
 
+def test_ptx_loss_is_logged_only_with_ptx(rollout0):
+  mb = {"tokens": rollout0.tokens[:M], "positions": rollout0.positions[:M],
+        "segment_ids": rollout0.segment_ids[:M], "response_tokens": rollout0.response_tokens[:M],
+        "response_mask": rollout0.response_mask[:M], "old_logprobs": rollout0.logprobs[:M],
+        "advantages": jnp.zeros_like(rollout0.logprobs[:M]), "prompt_len": P}
+  params = draw_params(POLICY, 0)
+  for coef in (0.0, 0.5):
+    cfg = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, ptx_coef=coef)
+    metrics = jax.eval_shape(lambda p: ppo.policy_objective(MODELS, cfg, 1.0, p, mb,
+                                                            ptx_batch(0))[1], params)
+    assert ("ptx_loss" in metrics) == (coef > 0)  # No ptx: no loss of 0 in the curves.
+
+
 # --------------------------------------------------------------------------------- driver
 
 
