@@ -253,21 +253,15 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
   # Sorted names, so group ids agree on every host whatever its shard.
   group_names = sorted({c.group for c in parsed if c.group is not None})
   group_ids = {g: i for i, g in enumerate(group_names)}
-  examples = []
-  for i, cmp in enumerate(parsed):
+
+  def encoder(i, cmp):
     gid = group_ids[cmp.group] if cmp.group is not None else -1
     encode = functools.partial(encode_comparison, cmp, tokenizer, cfg, report, k_max=k_max,
                                group_id=gid, example_id=i)
     if packed_len:
       encode = functools.partial(_encode_packable, encode, cmp.where, packed_len)
-    ex = guarded(encode, report, on_error)
-    if ex is not None:
-      examples.append(ex)
-  report.num_kept = len(examples)
-  if log:
-    log_report(report)
-  if not examples:
-    raise ValueError(f"no valid comparisons left: {report.summary()}")
+    return encode
+  examples = _encode_all(parsed, encoder, report, on_error, log, "comparisons")
   shard_index, shard_count = resolve_shard(shard_index, shard_count)
   pad = tokenizer.pad_id
   ds = index_dataset(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
@@ -295,6 +289,23 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
 
 def _comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):
   return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"])
+
+
+def _encode_all(parsed: Sequence[Any], encoder: Callable[[int, Any], Callable[[], Any]],
+                report: DataReport, on_error: OnError, log: bool, what: str) -> list[Any]:
+  """Encodes every record (`encoder(i, record)()`), skipping or raising on DataErrors as
+  `on_error` says; logs the report; raises if nothing is left."""
+  examples = []
+  for i, rec in enumerate(parsed):
+    ex = guarded(encoder(i, rec), report, on_error)
+    if ex is not None:
+      examples.append(ex)
+  report.num_kept = len(examples)
+  if log:
+    log_report(report)
+  if not examples:
+    raise ValueError(f"no valid {what} left: {report.summary()}")
+  return examples
 
 
 def _encode_packable(encode: Callable[[], dict[str, Any]], where: str,
@@ -339,17 +350,10 @@ def make_prompt_iterator(records: Source, tokenizer, *, batch_size: int, prompt_
   cfg = EncodeConfig(seq_len=prompt_len + 2, max_prompt_len=prompt_len, add_bos=add_bos,
                      truncate=truncate)
   parsed, report = load_records(records, "prompts", on_error=on_error)
-  examples = []
-  for i, rec in enumerate(parsed):
-    ex = guarded(functools.partial(encode_prompt, rec, tokenizer, cfg, report, example_id=i),
-                 report, on_error)
-    if ex is not None:
-      examples.append(ex)
-  report.num_kept = len(examples)
-  if log:
-    log_report(report)
-  if not examples:
-    raise ValueError(f"no valid prompts left: {report.summary()}")
+  examples = _encode_all(
+      parsed, lambda i, rec: functools.partial(encode_prompt, rec, tokenizer, cfg, report,
+                                               example_id=i),
+      report, on_error, log, "prompts")
   shard_index, shard_count = resolve_shard(shard_index, shard_count)
   pad = tokenizer.pad_id
   ds = index_dataset(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
