@@ -144,7 +144,10 @@ def encode_document(doc: TextDocument, tokenizer, cfg: EncodeConfig,
 
 
 def encode_comparison(cmp: Comparison, tokenizer, cfg: EncodeConfig, report: DataReport, *,
-                      k_max: int, group_id: int, example_id: int) -> dict[str, Any]:
+                      k_max: int, group_id: int, example_id: int,
+                      packed_len: int | None = None) -> dict[str, Any]:
+  """Tokenizes one comparison; with `packed_len`, the prompt written once plus every response
+  (the packed row) must fit it, else DataError "too_long"."""
   if len(cmp.responses) > k_max:
     raise DataError(cmp.where, "too_many_responses",
                     f"K = {len(cmp.responses)} responses, more than max_responses {k_max}")
@@ -158,6 +161,10 @@ def encode_comparison(cmp: Comparison, tokenizer, cfg: EncodeConfig, report: Dat
     ids = _encode_text(tokenizer, response, cmp.where, f"response ranked {k}")
     seqs.append(np.asarray(_fit_response(prompt, ids, tokenizer.eos_id, cfg, cmp.where,
                                          scratch, keep_eos=True), np.int32))
+  packed = len(prompt) + sum(len(q) - len(prompt) for q in seqs)
+  if packed_len and packed > packed_len:
+    raise DataError(cmp.where, "too_long", f"prompt + {len(seqs)} responses packed is {packed} "
+                    f"tokens, more than packed_len {packed_len}")
   report.merge(scratch)
   return {"seqs": seqs, "prompt_len": len(prompt), "group": group_id, "example_id": example_id}
 

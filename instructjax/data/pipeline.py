@@ -41,7 +41,7 @@ from instructjax.data import batching
 from instructjax.data.adapters import Adapter
 from instructjax.data.encode import (EncodeConfig, encode_comparison, encode_lm_records,
                                      encode_prompt)
-from instructjax.data.errors import DataError, DataReport, OnError, guarded, log_report
+from instructjax.data.errors import DataReport, OnError, guarded, log_report
 from instructjax.data.loading import load_records
 from instructjax.data.sources import Source
 
@@ -256,11 +256,8 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
 
   def encoder(i, cmp):
     gid = group_ids[cmp.group] if cmp.group is not None else -1
-    encode = functools.partial(encode_comparison, cmp, tokenizer, cfg, report, k_max=k_max,
-                               group_id=gid, example_id=i)
-    if packed_len:
-      encode = functools.partial(_encode_packable, encode, cmp.where, packed_len)
-    return encode
+    return functools.partial(encode_comparison, cmp, tokenizer, cfg, report, k_max=k_max,
+                             group_id=gid, example_id=i, packed_len=packed_len)
   examples = _encode_all(parsed, encoder, report, on_error, log, "comparisons")
   shard_index, shard_count = resolve_shard(shard_index, shard_count)
   pad = tokenizer.pad_id
@@ -306,16 +303,6 @@ def _encode_all(parsed: Sequence[Any], encoder: Callable[[int, Any], Callable[[]
   if not examples:
     raise ValueError(f"no valid {what} left: {report.summary()}")
   return examples
-
-
-def _encode_packable(encode: Callable[[], dict[str, Any]], where: str,
-                     packed_len: int) -> dict[str, Any]:
-  ex = encode()
-  n = batching.packed_length(ex["seqs"], ex["prompt_len"])
-  if n > packed_len:
-    raise DataError(where, "too_long", f"prompt + {len(ex['seqs'])} responses packed is {n} "
-                    f"tokens, more than packed_len {packed_len}")
-  return ex
 
 
 def _packed_comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):

@@ -137,3 +137,6 @@ def test_iterator_packs_buckets_and_names_a_row_that_does_not_fit(tmp_path):
                                    "ranking": list(range(9))}])
   with pytest.raises(DataError, match=r"cmp.jsonl:3.*packed_len 64"):
     make_comparison_iterator(str(path), tok, batch_size=2, seq_len=32, seed=0, packed_len=64)
+  skipping = make_comparison_iterator(str(path), tok, batch_size=2, seq_len=32, seed=0,
+                                      packed_len=64, on_error="skip")
+  assert skipping.report.num_skipped == 1 and skipping.report.num_kept == 2
