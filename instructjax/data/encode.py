@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from instructjax.data.batching import packed_length
 from instructjax.data.errors import DataError, DataReport, OnError, guarded
 from instructjax.data.schemas import Comparison, Demonstration, PromptRecord, TextDocument
 
@@ -161,7 +162,7 @@ def encode_comparison(cmp: Comparison, tokenizer, cfg: EncodeConfig, report: Dat
     ids = _encode_text(tokenizer, response, cmp.where, f"response ranked {k}")
     seqs.append(np.asarray(_fit_response(prompt, ids, tokenizer.eos_id, cfg, cmp.where,
                                          scratch, keep_eos=True), np.int32))
-  packed = len(prompt) + sum(len(q) - len(prompt) for q in seqs)
+  packed = packed_length(seqs, len(prompt))
   if packed_len and packed > packed_len:
     raise DataError(cmp.where, "too_long", f"prompt + {len(seqs)} responses packed is {packed} "
                     f"tokens, more than packed_len {packed_len}")

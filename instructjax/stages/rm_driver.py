@@ -78,6 +78,11 @@ _log = logging.getLogger(__name__)
 # Config
 
 
+def packed_len(config) -> int:
+  """config.data.packed_len (0 = K rows per prompt; configs written before packing lack it)."""
+  return config.data.get("packed_len", 0)
+
+
 def validate(config, num_devices: int) -> tuple[int, int, int]:
   """Every RM-specific check, before anything is loaded or compiled. Returns the mesh shape."""
   if config.stage != "rm":
@@ -102,7 +107,7 @@ def validate(config, num_devices: int) -> tuple[int, int, int]:
   if rm.sample_batch_size % dp:
     raise ConfigError(f"config.rm.sample_batch_size={rm.sample_batch_size} is not divisible by "
                       f"the data-parallel size {dp}")
-  packed = config.data.get("packed_len", 0)
+  packed = packed_len(config)
   if packed and packed < config.data.seq_len:
     raise ConfigError(f"config.data.packed_len={packed}: a packed row holds a prompt with all "
                       f"its responses, it cannot be shorter than config.data.seq_len "
@@ -376,7 +381,7 @@ def comparison_sources(config, workdir: str, sft: Sft) -> tuple[Any, Any, dict]:
 def comparison_iterator(records, tokenizer, config, k_max: Optional[int], train: bool):
   kw = dict(batch_size=host_batch_size(config.train.batch_size), seq_len=config.data.seq_len,
             max_responses=k_max, on_error=config.data.on_error, adapter=config.data.adapter or None,
-            packed_len=config.data.get("packed_len", 0) or None,
+            packed_len=packed_len(config) or None,
             pack_bucket=config.data.get("pack_bucket", 64))
   if train:
     return make_comparison_iterator(records, tokenizer, seed=config.seed, **kw)
@@ -521,7 +526,7 @@ def normalize(evaluate: Callable, params, data: RmData, config) -> tuple[Any, di
 
 
 def batch_spec(config, k_max: int) -> dict:
-  b, t, packed = config.train.batch_size, config.data.seq_len, config.data.get("packed_len", 0)
+  b, t, packed = config.train.batch_size, config.data.seq_len, packed_len(config)
   slots = lambda dtype: jax.ShapeDtypeStruct((b, k_max), dtype)
   seqs = lambda: jax.ShapeDtypeStruct((b, packed) if packed else (b, k_max, t), jnp.int32)
   return {"tokens": seqs(), "positions": seqs(), "segment_ids": seqs(),
