@@ -30,6 +30,7 @@ def kl_config(init_beta: float, adaptive: bool, target: float,
 def ppo_settings(**kw) -> ml_collections.ConfigDict:
   d = dict(
       rollout_batch_size=64, minibatch_size=16, epochs=4, clip_eps=0.2, value_clip_eps=0.2,
+      micro_batch_size=0,  # Rows per forward/backward pass (gradient accumulation); 0: minibatch.
       vf_coef=1.0, entropy_coef=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
       kl_estimator="k1", kl=kl_config(0.05, True, 6.0, 10000.0),
       ptx_coef=1.0,  # InstructGPT's gamma; 0 = plain PPO.
@@ -69,8 +70,8 @@ def get_config(arg=None):
     c.value_optim = config_lib.optim_config(lr=1e-4, warmup_steps=10, decay="constant",
                                             weight_decay=0.0)
     # max_new_tokens=32: the longest gold answer (29 characters) fits without the courtesy
-    # prefix; 98% of the tiny SFT policy's held-out samples end with EOS within it. ptx_coef=0.2: the tiny SFT model has
-    # forgotten much of its pretraining (held-out LM loss ~0.7 -> ~2.5), so even a small ptx
+    # prefix; 98% of the tiny SFT policy's held-out samples end with EOS within it.
+    # ptx_coef=0.2: the tiny SFT model has forgotten much of its pretraining (held-out LM loss ~0.7 -> ~2.5), so even a small ptx
     # term pulls it back; larger values mostly trade RM score and KL for pretraining loss.
     # KL coefficient 0.15: at 0.05 PPO exploits the tiny reward model, which judges style far
     # better than correctness (measured in the pipeline: correctness 0.69 -> 0.64, and on a

@@ -47,6 +47,8 @@ _PROMPT = flags.DEFINE_integer("prompt_len", None, "rollout prompt width P (defa
 _NEW = flags.DEFINE_integer("new_tokens", None, "rollout response tokens N (default seq - P)")
 _PPO_BATCH = flags.DEFINE_integer("ppo_batch", None, "PPO rollout batch (default --batch)")
 _MINIBATCH = flags.DEFINE_integer("minibatch", None, "PPO minibatch (default ppo_batch // 4)")
+_MICRO = flags.DEFINE_integer("micro_batch", 0, "PPO rows per forward/backward pass (gradient "
+                              "accumulation; 0: the minibatch)")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "PPO epochs per iteration")
 _PTX = flags.DEFINE_float("ptx_coef", 0.2, "PPO-ptx coefficient (0: plain PPO)")
 _PTX_BATCH = flags.DEFINE_integer("ptx_batch", None, "ptx rows per iteration (default "
@@ -99,11 +101,12 @@ def main(argv):
                       f"preset's max_seq_len {cfg.max_seq_len}")
   ppo_batch = _PPO_BATCH.value or _BATCH.value
   minibatch = _MINIBATCH.value or max(ppo_batch // 4, 1)
-  n_mb = ppo_batch // minibatch
-  ptx_batch = _PTX_BATCH.value or max(ppo_batch // 2 // n_mb, 1) * n_mb
+  parts = ppo_batch // (_MICRO.value or minibatch)  # ptx rows split over every micro-batch.
+  ptx_batch = _PTX_BATCH.value or max(ppo_batch // 2 // parts, 1) * parts
   shape = suite.PPOShape(batch=ppo_batch, minibatch=minibatch, epochs=_EPOCHS.value,
                          prompt_len=prompt_len, new_tokens=new_tokens, ptx_coef=_PTX.value,
-                         ptx_batch=ptx_batch, ptx_seq=_PTX_SEQ.value or seq)
+                         ptx_batch=ptx_batch, ptx_seq=_PTX_SEQ.value or seq,
+                         micro_batch=_MICRO.value)
   mesh = make_mesh(*parse_mesh(_MESH.value))
   ctx = ShardingContext(mesh, get_rules(_RULES.value))
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; mesh "

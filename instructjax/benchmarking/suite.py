@@ -302,10 +302,12 @@ class PPOShape:
   ptx_coef: float
   ptx_batch: int
   ptx_seq: int
+  micro_batch: int = 0  # Rows per forward/backward pass (0: the minibatch).
 
   def config(self) -> ppo.PPOConfig:
     return ppo.PPOConfig(rollout_batch_size=self.batch, minibatch_size=self.minibatch,
-                         epochs=self.epochs, ptx_coef=self.ptx_coef).validate()
+                         micro_batch_size=self.micro_batch, epochs=self.epochs,
+                         ptx_coef=self.ptx_coef).validate()
 
 
 def _frozen(cfg) -> tuple:
@@ -315,7 +317,7 @@ def _frozen(cfg) -> tuple:
 def score_rollout(models: ppo.PPOModels, pcfg: ppo.PPOConfig, temperature: float, state,
                   tokens, segment_ids, prompt_len: int) -> dict:
   """The recompute phase of `ppo.rollout`: policy/reference log-probs, values and RM scores,
-  in chunks of minibatch_size rows (the same calls, in the same chunks, as `rollout`)."""
+  in chunks of micro-batch rows (the same calls, in the same chunks, as `rollout`)."""
   positions = positions_from_mask(segment_ids)
   p = prompt_len
 
@@ -330,7 +332,7 @@ def score_rollout(models: ppo.PPOModels, pcfg: ppo.PPOConfig, temperature: float
         "rm_score": ppo.sequence_scores(models.rm, state.rm_params, tok, pos, seg),
     }
 
-  return ppo.map_chunks(score_chunk, (tokens, positions, segment_ids), pcfg.minibatch_size)
+  return ppo.map_chunks(score_chunk, (tokens, positions, segment_ids), pcfg.micro_batch)
 
 
 def ppo_setup(setup: Setup, shape: PPOShape):
@@ -385,7 +387,8 @@ def bench_ppo(setup: Setup, shape: PPOShape, phases: bool = True,
   total_flops = gen_flops + score_flops + update_flops
   result = {
       "name": "PPO-ptx iteration" if pcfg.use_ptx else "PPO iteration",
-      "shape": f"B={b} [{p}+{n}] mb={shape.minibatch} epochs={shape.epochs} "
+      "shape": f"B={b} [{p}+{n}] mb={shape.minibatch} micro={pcfg.micro_batch} "
+               f"epochs={shape.epochs} "
                f"ptx={shape.ptx_coef}" + (f" [{shape.ptx_batch}, {shape.ptx_seq}]"
                                           if pcfg.use_ptx else ""),
       "compile_s": compile_s, "time": timing.to_dict(),
@@ -451,7 +454,8 @@ def _ppo_phases(setup, shape, pcfg, models, sampling, policy_tx, value_tx, state
   }
   ptx_tokens = (shape.ptx_batch * shape.ptx_seq) if pcfg.use_ptx else 0
   upd = {"name": "PPO update", "shape": f"{shape.epochs} epochs x {pcfg.num_minibatches} "
-                                        f"minibatches of [{shape.minibatch}, {seq}]",
+                                        f"minibatches of [{shape.minibatch}, {seq}] "
+                                        f"(micro-batches of {pcfg.micro_batch})",
          "compile_s": update_compile, "time": t_update.to_dict(),
          **throughput(setup, t_update.median, shape.epochs * (b * seq + ptx_tokens),
                       update_flops)}

@@ -145,11 +145,17 @@ def masked_sum(x: Array, mask: Array, axis: Axis = None, keepdims: bool = False)
   return jnp.sum(jnp.where(_bool_mask(mask, x.shape), x, 0.0), axis=axis, keepdims=keepdims)
 
 
-def masked_mean(x: Array, mask: Array, axis: Axis = None, keepdims: bool = False) -> Array:
-  """Mean of x over valid entries; 0 where a slice has no valid entry."""
+def masked_mean(x: Array, mask: Array, axis: Axis = None, keepdims: bool = False,
+                count: Optional[Array] = None) -> Array:
+  """Mean of x over valid entries; 0 where a slice has no valid entry.
+
+  count: divide by this instead of the number of valid entries here. Micro-batches of one
+  batch pass the whole batch's count: their results then add up to the batch's mean.
+  """
   x = _float(x)
   total = masked_sum(x, mask, axis=axis, keepdims=keepdims)
-  count = masked_count(mask, axis=axis, keepdims=keepdims, shape=x.shape)
+  if count is None:
+    count = masked_count(mask, axis=axis, keepdims=keepdims, shape=x.shape)
   return total / jnp.maximum(count, 1.0)
 
 

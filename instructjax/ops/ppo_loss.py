@@ -15,8 +15,8 @@ Array = jax.Array
 
 def policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array,
                 clip_eps: float = 0.2,
-                max_log_ratio: Optional[float] = MAX_LOG_RATIO
-                ) -> tuple[Array, dict[str, Array]]:
+                max_log_ratio: Optional[float] = MAX_LOG_RATIO,
+                count: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
   """PPO clipped surrogate, averaged over valid tokens.
 
   ratio = exp(clamp(logp - old_logp)); per token
@@ -29,6 +29,9 @@ def policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array,
     mask: [B, T] bool; padding may hold anything, nan/inf included.
     clip_eps: PPO clip range epsilon.
     max_log_ratio: static clamp of |logp - old_logp| before exp (see ops.kl).
+    count: the number of valid tokens to average over (default: mask's). A micro-batch of a
+      minibatch passes the minibatch's count: the micro-batches' losses and metrics (but
+      ratio_max, a max) then add up to the minibatch's.
 
   Returns:
     (loss, metrics), float32 scalars. Metrics, over valid tokens:
@@ -46,18 +49,20 @@ def policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array,
   adv = jnp.where(mask, advantages.astype(jnp.float32), 0.0)
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-  loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+  loss = masked_mean(jnp.maximum(unclipped, clipped), mask, count=count)
   metrics = jax.lax.stop_gradient({
-      "clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
-      "approx_kl": masked_mean(jnp.expm1(log_ratio) - log_ratio, mask),
-      "ratio_mean": masked_mean(ratio, mask),
+      "clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask,
+                                   count=count),
+      "approx_kl": masked_mean(jnp.expm1(log_ratio) - log_ratio, mask, count=count),
+      "ratio_mean": masked_mean(ratio, mask, count=count),
       "ratio_max": masked_max(ratio, mask),
   })
   return loss, metrics
 
 
 def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
-               clip_eps: Optional[float] = 0.2) -> tuple[Array, dict[str, Array]]:
+               clip_eps: Optional[float] = 0.2,
+               count: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
   """Clipped value loss 0.5 * mean(max((v - R)^2, (clip(v, v_old +- eps) - R)^2)).
 
   Args:
@@ -66,6 +71,7 @@ def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
     returns: [B, T] GAE value targets (constants).
     mask: [B, T] bool.
     clip_eps: static; None gives the plain 0.5 * MSE.
+    count: the number of valid tokens to average over (default: mask's; see policy_loss).
 
   Returns:
     (loss, metrics{"clip_fraction"}) float32 scalars, over valid tokens.
@@ -75,11 +81,12 @@ def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
   ret = jnp.where(mask, returns.astype(jnp.float32), 0.0)
   unclipped = jnp.square(v - ret)
   if clip_eps is None:
-    return 0.5 * masked_mean(unclipped, mask), {"clip_fraction": jnp.zeros((), jnp.float32)}
+    return (0.5 * masked_mean(unclipped, mask, count=count),
+            {"clip_fraction": jnp.zeros((), jnp.float32)})
   old = jnp.where(mask, old_values.astype(jnp.float32), 0.0)
   clipped = jnp.square(jnp.clip(v, old - clip_eps, old + clip_eps) - ret)
-  loss = 0.5 * masked_mean(jnp.maximum(unclipped, clipped), mask)
-  clip_fraction = masked_mean((clipped > unclipped).astype(jnp.float32), mask)
+  loss = 0.5 * masked_mean(jnp.maximum(unclipped, clipped), mask, count=count)
+  clip_fraction = masked_mean((clipped > unclipped).astype(jnp.float32), mask, count=count)
   return loss, {"clip_fraction": jax.lax.stop_gradient(clip_fraction)}
 
 
@@ -98,17 +105,19 @@ def explained_variance(values: Array, returns: Array, mask: Array) -> Array:
   return jnp.where(var_y > 0, 1.0 - var_res / safe, jnp.nan)
 
 
-def entropy_bonus(logits: Array, mask: Array, temperature: float = 1.0) -> Array:
+def entropy_bonus(logits: Array, mask: Array, temperature: float = 1.0,
+                  count: Optional[Array] = None) -> Array:
   """Mean policy entropy over valid tokens; the loss subtracts coef * this.
 
   Args:
     logits: [B, T, V]; padding rows may hold garbage.
     mask: [B, T] bool.
     temperature: the sampling temperature the policy is evaluated at.
+    count: the number of valid tokens to average over (default: mask's; see policy_loss).
 
   Returns:
     float32 scalar, nats.
   """
   mask = jnp.asarray(mask).astype(bool)
   logits = jnp.where(mask[..., None], logits.astype(jnp.float32), 0.0)
-  return masked_mean(entropy_from_logits(logits, temperature), mask)
+  return masked_mean(entropy_from_logits(logits, temperature), mask, count=count)

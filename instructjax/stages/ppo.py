@@ -43,11 +43,12 @@ import optax
 from instructjax.generation import SamplingConfig, make_sampler
 from instructjax.models import DecoderLM, gather_at, last_token_index, positions_from_mask
 from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_rewards,
-                             entropy_bonus, explained_variance, gae, masked_mean,
+                             entropy_bonus, explained_variance, gae, masked_count, masked_mean,
                              policy_loss, token_logprobs, update_kl_controller, value_loss,
                              whiten_rewards)
 from instructjax.sharding import ShardingContext
 from instructjax.stages.lm import lm_loss
+from instructjax.stages.microbatch import accumulate_gradients, merge_rows, split_rows
 from instructjax.stages.ppo_state import PPOState
 
 Array = jax.Array
@@ -60,6 +61,9 @@ class PPOConfig:
   Attributes:
     rollout_batch_size: prompts (episodes) per iteration, B.
     minibatch_size: episodes per gradient step, M; B must be a multiple of it.
+    micro_batch_size: episodes per forward/backward pass; M must be a multiple of it. Each
+      minibatch's gradient is accumulated over M / micro_batch_size passes (one optimizer
+      step), and the rollout's forwards run in chunks of this size. 0: M (no accumulation).
     epochs: passes over the rollout per iteration.
     clip_eps: policy ratio clip range.
     value_clip_eps: value clip range around the rollout values; 0 disables value clipping.
@@ -75,6 +79,7 @@ class PPOConfig:
   """
   rollout_batch_size: int = 64
   minibatch_size: int = 16
+  micro_batch_size: int = 0
   epochs: int = 4
   clip_eps: float = 0.2
   value_clip_eps: float = 0.2
@@ -93,6 +98,15 @@ class PPOConfig:
     return self.rollout_batch_size // self.minibatch_size
 
   @property
+  def micro_batch(self) -> int:
+    """Episodes per forward/backward pass (micro_batch_size, or the minibatch when 0)."""
+    return self.micro_batch_size or self.minibatch_size
+
+  @property
+  def num_micro_batches(self) -> int:
+    return self.minibatch_size // self.micro_batch
+
+  @property
   def use_ptx(self) -> bool:
     return self.ptx_coef > 0
 
@@ -106,6 +120,9 @@ class PPOConfig:
     if self.rollout_batch_size % self.minibatch_size:
       fail("minibatch_size", f"{self.minibatch_size} does not divide rollout_batch_size="
            f"{self.rollout_batch_size}")
+    if self.micro_batch_size < 0 or self.minibatch_size % self.micro_batch:
+      fail("micro_batch_size", f"must be 0 or a divisor of minibatch_size="
+           f"{self.minibatch_size}, got {self.micro_batch_size}")
     if self.clip_eps <= 0:
       fail("clip_eps", f"must be > 0, got {self.clip_eps}")
     for key in ("value_clip_eps", "vf_coef", "entropy_coef", "ptx_coef", "no_eos_penalty"):
@@ -217,16 +234,13 @@ def sequence_scores(model: DecoderLM, params, tokens: Array, positions: Array,
 def map_chunks(fn: Callable[[Any], Any], tree: Any, chunk: int) -> Any:
   """fn over the batch in chunks of `chunk` rows (lax.map), outputs re-assembled in order.
 
-  Chunk j holds rows j, j + n, j + 2n, ... (n = B / chunk): a row-strided split keeps each
-  device's rows on that device when the batch is sharded over its leading axis.
+  Chunks are `microbatch.split_rows` parts: chunk j holds rows j, j + n, j + 2n, ...
+  (n = B / chunk), so each device's rows stay on that device when the batch is sharded.
   """
   b = jax.tree.leaves(tree)[0].shape[0]
   if chunk >= b:
     return fn(tree)
-  n = b // chunk
-  split = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((chunk, n) + x.shape[1:]), 0, 1), tree)
-  out = jax.lax.map(fn, split)  # leaves [n, chunk, ...]
-  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((b,) + x.shape[2:]), out)
+  return merge_rows(jax.lax.map(fn, split_rows(tree, b // chunk)))
 
 
 # -------------------------------------------------------------------------------- rollout
@@ -239,8 +253,9 @@ def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: 
   Args:
     prompts: {"tokens", "segment_ids"} int32 [B, P], left padded.
 
-  The forwards run in chunks of `cfg.minibatch_size` rows, the same shape as the update's, so
-  the old log-probs are computed exactly as the first minibatch's new ones (ratio exactly 1).
+  The forwards run in chunks of `cfg.micro_batch` rows, the shape of the update's forward
+  passes, so the old log-probs are computed exactly as the first minibatch's new ones (ratio
+  exactly 1).
   """
   params = state.policy_params
   temperature = sampling.logprob_temperature
@@ -260,7 +275,7 @@ def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: 
         "rm_score": sequence_scores(models.rm, state.rm_params, tok, pos, seg),
     }
 
-  scored = map_chunks(score_chunk, (out.tokens, positions, segment_ids), cfg.minibatch_size)
+  scored = map_chunks(score_chunk, (out.tokens, positions, segment_ids), cfg.micro_batch)
   score = scored["rm_score"]
   if cfg.no_eos_penalty:
     score = apply_no_eos_penalty(score, out.finished, cfg.no_eos_penalty)
@@ -314,7 +329,7 @@ def rewards_and_advantages(cfg: PPOConfig, ro: Rollout, beta: Array) -> Advantag
 
 
 def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, params, mb: dict,
-                     ptx_mb: Optional[dict]):
+                     ptx_mb: Optional[dict], counts: Optional[dict] = None):
   """(loss, metrics) of one minibatch: clipped surrogate - entropy bonus + ptx_coef * LM loss.
 
   One objective, so one backward pass gives the InstructGPT PPO-ptx gradient (PPO's plus
@@ -324,31 +339,47 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
     mb: minibatch of the rollout: tokens/positions/segment_ids [M, P+N], response_tokens,
       response_mask, old_logprobs, advantages [M, N], and the static prompt_len P.
     ptx_mb: LM batch [M_ptx, T] (tokens, positions, segment_ids, targets, loss_mask) or None.
+    counts: for a micro-batch, its minibatch's {"tokens": valid response tokens,
+      "ptx_tokens": counted ptx tokens}: the means divide by these, so the micro-batches'
+      losses and metrics (ratio_max aside) add up to the minibatch's. None: mb's own.
   """
+  counts = counts or {}
   logits = response_logits(models.policy, params, mb["tokens"], mb["positions"],
                            mb["segment_ids"], mb["prompt_len"])  # [M, N, V]
   mask = mb["response_mask"]
   logp = token_logprobs(logits, mb["response_tokens"], temperature)
-  pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps)
-  entropy = entropy_bonus(logits, mask, temperature)
+  pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps,
+                            count=counts.get("tokens"))
+  entropy = entropy_bonus(logits, mask, temperature, count=counts.get("tokens"))
   loss = pg_loss
   if cfg.entropy_coef:
     loss = loss - cfg.entropy_coef * entropy
   metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy), **pm}
   if cfg.use_ptx:  # Without ptx there is no ptx loss to log (not a loss of 0).
-    ptx, _ = lm_loss(models.policy, params, ptx_mb)
+    ptx, ptx_tokens = lm_loss(models.policy, params, ptx_mb)
+    if "ptx_tokens" in counts:  # The micro-batch's mean, re-weighted to the minibatch's.
+      ptx = ptx * ptx_tokens / jnp.maximum(counts["ptx_tokens"], 1.0)
     loss = loss + cfg.ptx_coef * ptx
     metrics["ptx_loss"] = jax.lax.stop_gradient(ptx)
   return loss, metrics
 
 
-def value_objective(models: PPOModels, cfg: PPOConfig, params, mb: dict):
-  """(vf_coef * clipped value loss, metrics) of one minibatch, for the value model alone."""
+def value_objective(models: PPOModels, cfg: PPOConfig, params, mb: dict,
+                    counts: Optional[dict] = None):
+  """(vf_coef * clipped value loss, metrics) of one minibatch, for the value model alone.
+
+  counts: as in `policy_objective`.
+  """
   values = response_values(models.value, params, mb["tokens"], mb["positions"],
                            mb["segment_ids"], mb["prompt_len"])  # [M, N]
   vl, vm = value_loss(values, mb["old_values"], mb["returns"], mb["response_mask"],
-                      cfg.value_clip_eps or None)
+                      cfg.value_clip_eps or None, count=(counts or {}).get("tokens"))
   return cfg.vf_coef * vl, {"value_loss": vl, "value_clip_fraction": vm["clip_fraction"]}
+
+
+# Metrics that are maxima: folded with max over micro-batches and minibatches (the others are
+# summed over micro-batches, averaged over minibatches).
+_MAX_METRICS = ("ratio_max",)
 
 
 def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTransformation,
@@ -359,7 +390,9 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
 
   Minibatch indices are a fresh permutation of the rollout per epoch; the ptx batch (if any,
   [B_ptx, T] with B_ptx a multiple of the number of minibatches) is likewise reshuffled per
-  epoch and split evenly over the minibatches.
+  epoch and split evenly over the minibatches. With micro-batches (cfg.micro_batch_size), each
+  minibatch's gradient is accumulated over its micro-batches (its ptx rows split alike): the
+  same gradient up to float summation order, with a micro-batch's activations in memory.
 
   Returns:
     (state with new policy/value params and optimizer states, per-minibatch metrics: each an
@@ -372,23 +405,31 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
       "old_logprobs": ro.logprobs, "old_values": ro.values, "advantages": adv.advantages,
       "returns": adv.returns}
   data = jax.lax.stop_gradient(data)
-  grad_policy = jax.value_and_grad(
-      lambda p, mb, x: policy_objective(models, cfg, temperature, p, mb, x), has_aux=True)
-  grad_value = jax.value_and_grad(lambda p, mb: value_objective(models, cfg, p, mb),
-                                  has_aux=True)
+  n_micro = cfg.num_micro_batches
 
   def minibatch(carry, idx):
     pp, popt, vp, vopt = carry
     rows, ptx_rows = idx
     mb = {k: jnp.take(v, rows, axis=0) for k, v in data.items()}
-    mb["prompt_len"] = ro.prompt_len
     ptx_mb = None
     if cfg.use_ptx:
       ptx_mb = {k: jnp.take(v, ptx_rows, axis=0) for k, v in ptx.items()}
-    (loss, pmet), pgrads = grad_policy(pp, mb, ptx_mb)
+    counts = None
+    if n_micro > 1:  # Micro-batches average over their minibatch's tokens.
+      counts = {"tokens": masked_count(mb["response_mask"])}
+      if cfg.use_ptx:
+        counts["ptx_tokens"] = masked_count(ptx_mb["loss_mask"])
+    with_len = lambda m: {**m, "prompt_len": ro.prompt_len}
+    grad_policy = jax.value_and_grad(
+        lambda p, b: policy_objective(models, cfg, temperature, p, with_len(b[0]), b[1],
+                                      counts), has_aux=True)
+    grad_value = jax.value_and_grad(
+        lambda p, b: value_objective(models, cfg, p, with_len(b), counts), has_aux=True)
+    (loss, pmet), pgrads = accumulate_gradients(grad_policy, pp, (mb, ptx_mb), n_micro,
+                                                _MAX_METRICS)
     updates, popt = policy_tx.update(pgrads, popt, pp)
     pp = optax.apply_updates(pp, updates)
-    (_, vmet), vgrads = grad_value(vp, mb)
+    (_, vmet), vgrads = accumulate_gradients(grad_value, vp, mb, n_micro)
     updates, vopt = value_tx.update(vgrads, vopt, vp)
     vp = optax.apply_updates(vp, updates)
     metrics = {**pmet, **vmet, "loss": loss + cfg.vf_coef * vmet["value_loss"],
@@ -399,9 +440,9 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
   if ro.tokens.shape[0] != b:
     raise ValueError(f"the rollout has {ro.tokens.shape[0]} rows, PPOConfig.rollout_batch_size "
                      f"is {b}")
-  if cfg.use_ptx and ptx["tokens"].shape[0] % nmb:
+  if cfg.use_ptx and ptx["tokens"].shape[0] % (nmb * n_micro):
     raise ValueError(f"ptx batch of {ptx['tokens'].shape[0]} rows does not split over "
-                     f"{nmb} minibatches")
+                     f"{nmb} minibatches of {n_micro} micro-batches")
   # Without ptx the ptx row indices are a dummy [nmb, 1] nobody reads (one scan signature).
   ptx_rows_total = ptx["tokens"].shape[0] if cfg.use_ptx else nmb
 
@@ -442,11 +483,6 @@ def rollout_metrics(ro: Rollout, adv: Advantages, beta: Array) -> dict[str, Arra
       "value_mean": masked_mean(ro.values, ro.response_mask),
       "advantage_abs_mean": masked_mean(jnp.abs(adv.advantages), ro.response_mask),
   }
-
-
-# Per-minibatch metrics folded into one number per iteration: max for the ratio's maximum,
-# the mean otherwise.
-_MAX_METRICS = ("ratio_max",)
 
 
 def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: DecoderLM,

@@ -78,7 +78,8 @@ def ppo_config(config) -> PPOConfig:
   try:
     return PPOConfig(
         rollout_batch_size=int(p.rollout_batch_size), minibatch_size=int(p.minibatch_size),
-        epochs=int(p.epochs), clip_eps=float(p.clip_eps), value_clip_eps=float(p.value_clip_eps),
+        micro_batch_size=int(p.get("micro_batch_size", 0)), epochs=int(p.epochs),
+        clip_eps=float(p.clip_eps), value_clip_eps=float(p.value_clip_eps),
         vf_coef=float(p.vf_coef), entropy_coef=float(p.entropy_coef), gamma=float(p.gamma),
         lam=float(p.lam), whiten_rewards=bool(p.whiten_rewards),
         kl_estimator=str(p.kl_estimator), ptx_coef=float(p.ptx_coef),
@@ -141,15 +142,17 @@ def validate(config, num_devices: int) -> tuple[PPOConfig, ModelConfig, ModelCon
                       f"{p.eval_temperature}")
   if p.eval_prompts < 0:
     raise ConfigError(f"config.ppo.eval_prompts: must be >= 0, got {p.eval_prompts}")
-  for key in ("rollout_batch_size", "minibatch_size"):
-    if p[key] % dp:
+  for key in ("rollout_batch_size", "minibatch_size", "micro_batch_size"):
+    if p.get(key, 0) % dp:
       raise ConfigError(f"config.ppo.{key}={p[key]} is not divisible by the data-parallel "
                         f"size {dp}")
   if cfg.use_ptx:
-    if p.ptx_batch_size < 1 or p.ptx_batch_size % cfg.num_minibatches:
+    parts = cfg.num_minibatches * cfg.num_micro_batches
+    if p.ptx_batch_size < 1 or p.ptx_batch_size % parts:
       raise ConfigError(f"config.ppo.ptx_batch_size={p.ptx_batch_size} must be a positive "
-                        f"multiple of the number of minibatches ({cfg.num_minibatches} = "
-                        "rollout_batch_size / minibatch_size)")
+                        f"multiple of the number of minibatches times micro-batches ({parts} = "
+                        "rollout_batch_size / micro_batch_size, or / minibatch_size without "
+                        "micro-batches)")
     if p.ptx_batch_size % dp:
       raise ConfigError(f"config.ppo.ptx_batch_size={p.ptx_batch_size} is not divisible by the "
                         f"data-parallel size {dp}")

@@ -157,3 +157,30 @@ def test_entropy_bonus_matches_numpy_and_ignores_padding():
   np.testing.assert_allclose(fn(poisoned, mask, 0.8), np.mean(ref), rtol=1e-5)
   grad = jax.jit(jax.grad(lambda x: ppo.entropy_bonus(x, mask)))(jnp.asarray(poisoned))
   assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~mask] == 0)
+
+
+def test_losses_with_the_batch_count_add_up_over_row_splits():
+  """count= the whole batch's valid tokens: the row parts' losses and metrics (ratio_max a
+  max) sum to the batch's, though the parts hold different numbers of valid tokens."""
+  logp, old, adv, mask = _batch(4, b=6)
+  values, returns = old + 0.5, adv
+  parts = (slice(0, 2), slice(2, 3), slice(3, 6))
+  assert len({int(mask[p].sum()) for p in parts}) > 1  # Unequal parts: the weights matter.
+  count = jnp.float32(mask.sum())
+  whole, whole_m = _policy(logp, old, adv, mask, 0.2)
+  split = [_policy(logp[p], old[p], adv[p], mask[p], 0.2, count=count) for p in parts]
+  np.testing.assert_allclose(sum(s[0] for s in split), whole, rtol=1e-5)
+  for key in ("clip_fraction", "approx_kl", "ratio_mean"):
+    np.testing.assert_allclose(sum(s[1][key] for s in split), whole_m[key], rtol=1e-5,
+                               err_msg=key)
+  # Without the batch's count each part averages over its own tokens: not the batch's loss.
+  own = [_policy(logp[p], old[p], adv[p], mask[p], 0.2)[0] for p in parts]
+  assert abs(float(np.mean(own)) - float(whole)) > 1e-3
+  whole_v, _ = _value(values, old, returns, mask, clip_eps=0.2)
+  split_v = [_value(values[p], old[p], returns[p], mask[p], clip_eps=0.2, count=count)[0]
+             for p in parts]
+  np.testing.assert_allclose(sum(split_v), whole_v, rtol=1e-5)
+  logits = np.random.default_rng(5).normal(size=mask.shape + (11,)).astype(np.float32)
+  whole_e = ppo.entropy_bonus(logits, mask)
+  split_e = [ppo.entropy_bonus(logits[p], mask[p], count=count) for p in parts]
+  np.testing.assert_allclose(sum(split_e), whole_e, rtol=1e-5)

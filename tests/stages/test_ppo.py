@@ -3,6 +3,7 @@
 Compilation dominates on CPU, so the tests share a few compiled functions (module fixtures):
 the debug iteration, a greedy rollout, and the update on a given rollout.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -335,6 +336,46 @@ def test_ptx_loss_is_logged_only_with_ptx(rollout0):
     assert ("ptx_loss" in metrics) == (coef > 0)  # No ptx: no loss of 0 in the curves.
 
 
+def test_micro_batches_give_the_minibatch_update(rollout0):
+  """micro_batch_size=2: each minibatch of 4 in two passes (its ptx rows split alike), one
+  optimizer step: the parameters and metrics of one pass per minibatch, although the rows
+  hold different numbers of valid tokens (means are over the minibatch's tokens)."""
+  lengths = np.asarray(rollout0.response_mask).sum(-1)
+  assert lengths.min() < lengths.max()
+  micro = dataclasses.replace(CFG, micro_batch_size=2)
+  assert micro.num_micro_batches == 2
+
+  @jax.jit
+  def both(ro, ptx):
+    out = []
+    for cfg in (CFG, micro):
+      state = fresh_state(cfg)
+      adv = ppo.rewards_and_advantages(cfg, ro, state.kl.beta)
+      state, mb = ppo.ppo_update(MODELS, cfg, optax.adam(LR), optax.adam(LR), 1.0, state, ro,
+                                 adv, ptx, jax.random.key(2))
+      out.append((state.policy_params, state.value_params, mb))
+    return out
+
+  (p1, v1, m1), (p2, v2, m2) = host(both(rollout0, ptx_batch(0)))
+  for a, b in zip(jax.tree.leaves((p1, v1)), jax.tree.leaves((p2, v2))):
+    np.testing.assert_allclose(a, b, atol=1e-4)  # Adam steps are ~LR = 1e-3 per weight.
+  assert set(m1) == set(m2) and "ptx_loss" in m1
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_micro_batched_iteration_is_exactly_on_policy_at_first():
+  """The rollout's forwards run in micro-batch chunks: the first minibatch's ratio is still
+  exactly 1."""
+  cfg = dataclasses.replace(LIGHT, micro_batch_size=2)
+  fn = ppo.make_ppo_iteration(cfg, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+                              SAMPLING, debug=True)
+  _, m = jax.jit(fn)(fresh_state(cfg), batch(), jax.random.key(0))
+  m = jax.device_get(m)
+  assert m["minibatch/ratio_max"][0, 0] == 1.0 and m["minibatch/approx_kl"][0, 0] == 0.0
+  assert m["minibatch/ratio_max"][0, 1] > 1.0
+
+
 # --------------------------------------------------------------------------------- driver
 
 
@@ -426,6 +467,7 @@ def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
 
 @pytest.mark.parametrize("key,value,match", [
     ("ppo.minibatch_size", 5, r"config\.ppo\.minibatch_size"),
+    ("ppo.micro_batch_size", 3, r"config\.ppo\.micro_batch_size"),
     ("ppo.temperature", 0.0, r"config\.ppo\.temperature"),
     ("ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator"),
     ("ppo.ptx_batch_size", 12, r"config\.ppo\.ptx_batch_size"),
