@@ -71,8 +71,9 @@ def get_config(arg=None):
                                             weight_decay=0.0)
     # max_new_tokens=32: the longest gold answer (29 characters) fits without the courtesy
     # prefix; 98% of the tiny SFT policy's held-out samples end with EOS within it.
-    # ptx_coef=0.2: the tiny SFT model has forgotten much of its pretraining (held-out LM loss ~0.7 -> ~2.5), so even a small ptx
-    # term pulls it back; larger values mostly trade RM score and KL for pretraining loss.
+    # ptx_coef=0.2: the tiny SFT model has forgotten much of its pretraining (held-out LM loss
+    # ~0.7 -> ~2.5), so even a small ptx term pulls it back; larger values mostly trade RM
+    # score and KL for pretraining loss.
     # KL coefficient 0.15: at 0.05 PPO exploits the tiny reward model, which judges style far
     # better than correctness (measured in the pipeline: correctness 0.69 -> 0.64, and on a
     # second seed the group-conditioned run collapsed to 0.31 at KL 5-6; at 0.15 correctness

@@ -20,7 +20,10 @@ Setup (the same on both sides unless said otherwise):
     AdamW step (lr 1e-5) of the policy and one of the value model per minibatch: 8 + 8 optimizer
     steps per iteration on both sides. Ours without the ptx term (tunix has none): ptx_coef 0;
     --ptx_coef adds a PPO-ptx row for ours.
-    Ours: the driver's jitted iteration (`ppo_driver.compiled_iteration`, state donated).
+    Ours: the driver's jitted iteration (`ppo_driver.compiled_iteration`, state donated,
+    compiled with `xla_options.compiler_options()`: on CPU, YNNPACK runs the elementwise
+    fusions). Setting XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=eltwise gives tunix's
+    programs the same.
     Tunix: `PpoLearner` over an `RLCluster` (vanilla rollout, actor/rollout/reference/critic/
     reward on this one device, no offloading); one iteration = one `_run_global_step` (timed by
     a subclass; it samples and scores minibatch by minibatch, 4 x 8 prompts, then trains).
@@ -51,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib
+from instructjax import config_lib, xla_options
 from instructjax.benchmarking import report, suite
 from instructjax.benchmarking.hardware import device_peak, host_info
 from instructjax.models import get_preset
@@ -326,7 +329,9 @@ def markdown(res: dict) -> str:
            "- setup: experiments/compare_tunix.py docstring (tiny llama-shaped model on both "
            "sides; PPO B=32, 40 + 32 tokens, 2 epochs x 4 minibatches of 8; SFT [32, 128])",
            "- ratio = tunix time / our time (> 1: ours faster); first: the first PPO iteration or "
-           "the warm-up SFT steps, compilation included", ""]
+           "the warm-up SFT steps, compilation included",
+           f"- XLA: our steps' compiler options {res['xla']['our_compiler_options']}; "
+           f"XLA_FLAGS (both sides) {res['xla']['XLA_FLAGS'] or 'unset'}", ""]
   rows = []
   for r in res["rows"]:
     rows.append([r["what"], r["ours_s"], r.get("tunix_s"), r.get("ratio"), r.get("ours_first_s"),
@@ -351,6 +356,8 @@ def main(argv):
   setup = ours_setup()
   prompts = prompt_strings(_BATCH.value, _PROMPT.value)
   res = {"host": host_info(), "tunix_version": version, "rows": [],
+         "xla": {"our_compiler_options": xla_options.compiler_options(),
+                 "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
          "config": {k: getattr(flags.FLAGS, k) for k in
                     ("batch", "minibatch", "epochs", "prompt_len", "new_tokens", "seq", "reps",
                      "warmup", "rounds", "ptx_coef")}}

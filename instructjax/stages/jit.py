@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional
 
-import jax
-
+from instructjax import xla_options
 from instructjax.sharding import ShardingContext
 
 
@@ -18,12 +17,13 @@ def jit_step(step_fn: Callable, ctx: Optional[ShardingContext], state_shardings:
   """`step_fn(state, batch, rng) -> (state, metrics)` jitted with in/out shardings.
 
   The state is donated: its buffers are reused for the new state, halving peak state memory.
-  Without a sharding context this is plain jit (single device).
+  Without a sharding context this is plain jit (single device). Compiled with
+  `xla_options.compiler_options()`: call the result at top level, not inside another jit.
   """
   donate_argnums = (0,) if donate else ()
   if ctx is None:
-    return jax.jit(step_fn, donate_argnums=donate_argnums)
+    return xla_options.jit(step_fn, donate_argnums=donate_argnums)
   batch_sh = batch_shardings(ctx, batch_spec) if batch_spec is not None else None
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh, ctx.replicated()),
-                 out_shardings=(state_shardings, ctx.replicated()),
-                 donate_argnums=donate_argnums)
+  return xla_options.jit(step_fn, in_shardings=(state_shardings, batch_sh, ctx.replicated()),
+                         out_shardings=(state_shardings, ctx.replicated()),
+                         donate_argnums=donate_argnums)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib
+from instructjax import config_lib, xla_options
 from instructjax.data import make_lm_iterator, make_prompt_iterator
 from instructjax.distributed import host_batch_size
 from instructjax.generation import SamplingConfig
@@ -303,15 +303,15 @@ def compiled_iteration(cfg: PPOConfig, models: PPOModels, sampling: SamplingConf
   iteration = make_ppo_iteration(cfg, models.policy, models.value, models.rm, policy_tx,
                                  value_tx, sampling, shard=ctx, policy_schedule=schedule)
   if ctx is None:
-    return jax.jit(iteration, donate_argnums=(0,)), policy_tx, value_tx, None
+    return xla_options.jit(iteration, donate_argnums=(0,)), policy_tx, value_tx, None
   kl = KLController(beta=jnp.zeros((), jnp.float32), target=kl_static[0], horizon=kl_static[1])
   shardings = ppo_state_shardings(models.policy, models.value, models.rm, policy_tx, value_tx,
                                   kl, cfg.ema_decay > 0, ctx)
   batch_sh = {"prompts": {k: ctx.batch_sharding(len(prompt_shape)) for k in PROMPT_KEYS}}
   if ptx_shape is not None:
     batch_sh["ptx"] = {k: ctx.batch_sharding(len(ptx_shape)) for k in LM_KEYS}
-  step = jax.jit(iteration, in_shardings=(shardings, batch_sh, ctx.replicated()),
-                 out_shardings=(shardings, ctx.replicated()), donate_argnums=(0,))
+  step = xla_options.jit(iteration, in_shardings=(shardings, batch_sh, ctx.replicated()),
+                         out_shardings=(shardings, ctx.replicated()), donate_argnums=(0,))
   return step, policy_tx, value_tx, shardings
 
 

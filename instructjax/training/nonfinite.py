@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructjax import xla_options
+
 SKIPPED = "skipped"  # Metric added by `guard_nonfinite`: 1 if this step's update was dropped.
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, Any]]]
@@ -56,8 +58,9 @@ def guard_nonfinite(step_fn: StepFn, keys: Sequence[str] | None = None, *,
   """Wraps `step_fn` so that an update with a non-finite watched metric leaves the state as is.
 
   The wrapper is jitted with the state donated (when `donate`); `step_fn` may itself be jitted (it
-  is then inlined). The returned metrics gain `skipped` (int32, 1 when the update was dropped);
-  the other metrics are those of the attempted update, so a NaN loss is still visible in logs.
+  is then inlined; one from `xla_options.jit` is re-jitted with its shardings and options). The
+  returned metrics gain `skipped` (int32, 1 when the update was dropped); the other metrics are
+  those of the attempted update, so a NaN loss is still visible in logs.
   Shardings: the kept state is an elementwise select between old and new, so it keeps the
   state's sharding as long as `step_fn` preserves it (as a donated step must anyway).
 
@@ -66,13 +69,17 @@ def guard_nonfinite(step_fn: StepFn, keys: Sequence[str] | None = None, *,
     keys: metric names to check; default: those ending with 'loss'.
     donate: donate the state argument.
   """
+  # A step from `xla_options.jit` (compiler options: top level only) is re-jitted from its
+  # Python function, with its shardings and options, rather than called inside this jit.
+  inner, jit_kwargs = xla_options.source(step_fn)
+
   def guarded(state, batch, rng):
-    new_state, metrics = step_fn(state, batch, rng)
+    new_state, metrics = inner(state, batch, rng)
     ok = all_finite(metrics, resolve_keys(metrics.keys(), keys))
     kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
     return kept, {**metrics, SKIPPED: jnp.logical_not(ok).astype(jnp.int32)}
 
-  fn = jax.jit(guarded, donate_argnums=(0,) if donate else ())
+  fn = xla_options.jit(guarded, **{**jit_kwargs, "donate_argnums": (0,) if donate else ()})
   fn._instructjax_guarded = True  # Lets run_loop avoid wrapping twice.
   return fn
 
