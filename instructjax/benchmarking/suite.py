@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib, memory
+from instructjax import config_lib, memory, xla_options
 from instructjax.benchmarking import checks, flops
 from instructjax.benchmarking.hardware import DevicePeak, peak_memory_bytes
 from instructjax.benchmarking.timing import (compile_seconds, time_calls, time_stateful,
@@ -421,18 +421,20 @@ def _ppo_phases(setup, shape, pcfg, models, sampling, policy_tx, value_tx, state
                 temperature, update_flops):
   prompts = batch["prompts"]
   p = shape.prompt_len
-  sample = make_sampler(models.policy, sampling, setup.ctx)
-  score = jax.jit(functools.partial(score_rollout, models, pcfg, temperature),
-                  static_argnums=(3,))
-  full_rollout = jax.jit(functools.partial(ppo.rollout, models, sampling, pcfg,
-                                           shard=setup.ctx))
+  # Compiled as the driver's iteration is (xla_options), so the phases add up to it.
+  sampler = make_sampler(models.policy, sampling, setup.ctx)
+  sample = xla_options.jit(lambda *args: sampler(*args))
+  score = xla_options.jit(functools.partial(score_rollout, models, pcfg, temperature),
+                          static_argnums=(3,))
+  full_rollout = xla_options.jit(functools.partial(ppo.rollout, models, sampling, pcfg,
+                                                   shard=setup.ctx))
 
   def update(state, ro, ptx, rng):
     adv = ppo.rewards_and_advantages(pcfg, ro, state.kl.beta)
     return ppo.ppo_update(models, pcfg, policy_tx, value_tx, temperature, state, ro, adv, ptx,
                           rng)
 
-  update = jax.jit(update, donate_argnums=(0,))
+  update = xla_options.jit(update, donate_argnums=(0,))
   sargs = (state.policy_params, prompts["tokens"], prompts["segment_ids"], setup.key(3))
   _, sample_compile = compile_seconds(sample, *sargs)
   out = sample(*sargs)
