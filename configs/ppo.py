@@ -77,7 +77,8 @@ def get_config(arg=None):
     # KL coefficient 0.15: at 0.05 PPO exploits the tiny reward model, which judges style far
     # better than correctness (measured in the pipeline: correctness 0.69 -> 0.64, and on a
     # second seed the group-conditioned run collapsed to 0.31 at KL 5-6; at 0.15 correctness
-    # stays 0.68-0.69 and the targets hold on both seeds).
+    # stays near SFT's on seed 0 (0.73 -> 0.71). Seed 1 is still exploited (0.67 -> 0.53, and
+    # 0.51 at 0.2): see README "Results of the main job").
     c.ppo = ppo_settings(rollout_batch_size=32, minibatch_size=8, epochs=2, max_new_tokens=32,
                          ptx_coef=0.2, ptx_batch_size=16, kl=kl_config(0.15, True, 2.0, 1000.0),
                          eval_prompts=256)
