@@ -316,23 +316,9 @@ def _frozen(cfg) -> tuple:
 
 def score_rollout(models: ppo.PPOModels, pcfg: ppo.PPOConfig, temperature: float, state,
                   tokens, segment_ids, prompt_len: int) -> dict:
-  """The recompute phase of `ppo.rollout`: policy/reference log-probs, values and RM scores,
-  in chunks of micro-batch rows (the same calls, in the same chunks, as `rollout`)."""
-  positions = positions_from_mask(segment_ids)
-  p = prompt_len
-
-  def score_chunk(seq):
-    tok, pos, seg = seq
-    return {
-        "logprobs": ppo.response_logprobs(models.policy, state.policy_params, tok, pos, seg, p,
-                                          temperature),
-        "ref_logprobs": ppo.response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
-                                              temperature),
-        "values": ppo.response_values(models.value, state.value_params, tok, pos, seg, p),
-        "rm_score": ppo.sequence_scores(models.rm, state.rm_params, tok, pos, seg),
-    }
-
-  return ppo.map_chunks(score_chunk, (tokens, positions, segment_ids), pcfg.micro_batch)
+  """The recompute phase of `ppo.rollout` (`ppo.score_sequences`) on sampled rows."""
+  return ppo.score_sequences(models, pcfg, temperature, state, tokens,
+                             positions_from_mask(segment_ids), segment_ids, prompt_len)
 
 
 def ppo_setup(setup: Setup, shape: PPOShape):

@@ -246,6 +246,27 @@ def map_chunks(fn: Callable[[Any], Any], tree: Any, chunk: int) -> Any:
 # -------------------------------------------------------------------------------- rollout
 
 
+def score_sequences(models: PPOModels, cfg: PPOConfig, temperature: float, state: PPOState,
+                    tokens: Array, positions: Array, segment_ids: Array,
+                    prompt_len: int) -> dict[str, Array]:
+  """The rollout's recompute: policy and reference log-probs, values [B, N] and RM scores [B]
+  of prompt + response rows [B, P+N], in chunks of `cfg.micro_batch` rows (`map_chunks`)."""
+  p = prompt_len
+
+  def score_chunk(seq):
+    tok, pos, seg = seq
+    return {
+        "logprobs": response_logprobs(models.policy, state.policy_params, tok, pos, seg, p,
+                                      temperature),
+        "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
+                                          temperature),
+        "values": response_values(models.value, state.value_params, tok, pos, seg, p),
+        "rm_score": sequence_scores(models.rm, state.rm_params, tok, pos, seg),
+    }
+
+  return map_chunks(score_chunk, (tokens, positions, segment_ids), cfg.micro_batch)
+
+
 def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: PPOState,
             prompts: dict, rng: Array, shard: Optional[ShardingContext] = None) -> Rollout:
   """Samples one response per prompt and scores it with every model. Pure, jit-able.
@@ -265,17 +286,8 @@ def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: 
   segment_ids = out.segment_ids
   positions = positions_from_mask(segment_ids)
 
-  def score_chunk(seq):
-    tok, pos, seg = seq
-    return {
-        "logprobs": response_logprobs(models.policy, params, tok, pos, seg, p, temperature),
-        "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
-                                          temperature),
-        "values": response_values(models.value, state.value_params, tok, pos, seg, p),
-        "rm_score": sequence_scores(models.rm, state.rm_params, tok, pos, seg),
-    }
-
-  scored = map_chunks(score_chunk, (out.tokens, positions, segment_ids), cfg.micro_batch)
+  scored = score_sequences(models, cfg, temperature, state, out.tokens, positions, segment_ids,
+                           p)
   score = scored["rm_score"]
   if cfg.no_eos_penalty:
     score = apply_no_eos_penalty(score, out.finished, cfg.no_eos_penalty)
