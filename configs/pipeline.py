@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

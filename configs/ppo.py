@@ -16,7 +16,7 @@ held-out prompts.
 """
 import ml_collections
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 
 
 def kl_config(init_beta: float, adaptive: bool, target: float,

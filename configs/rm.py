@@ -6,7 +6,7 @@
 """
 import ml_collections
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 
 
 def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_samples: int = 256,

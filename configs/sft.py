@@ -4,7 +4,7 @@
 """
 import ml_collections
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 
 
 def get_config(arg=None):

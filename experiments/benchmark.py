@@ -33,8 +33,8 @@ import jax
 from instructjax.benchmarking import report, suite
 from instructjax.benchmarking.hardware import device_peak
 from instructjax.models import PRESET_NAMES, get_preset
-from instructjax.models.config import ConfigError
-from instructjax.sharding import (MESH_AXES, RULE_PRESETS, ShardingContext, get_rules,
+from instructjax.config import ConfigError
+from instructjax.parallel.sharding import (MESH_AXES, RULE_PRESETS, ShardingContext, get_rules,
                                   make_mesh)
 
 _PRESET = flags.DEFINE_enum("preset", "tiny", PRESET_NAMES, "model preset")

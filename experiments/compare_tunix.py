@@ -54,13 +54,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib, xla_options
+from instructjax import config as config_lib
+from instructjax.parallel import xla_options
 from instructjax.benchmarking import report, suite
 from instructjax.benchmarking.hardware import device_peak, host_info
 from instructjax.models import get_preset
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext, get_rules, make_mesh
-from instructjax.tokenizers import WORLD_ALPHABET, CharTokenizer
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
+from instructjax.tokenizer import WORLD_ALPHABET, CharTokenizer
 
 _OUTPUT = flags.DEFINE_string("output", None, "directory for compare_tunix.json / .md")
 _REQUIRE = flags.DEFINE_bool("require_tunix", False, "exit 1 (not 0) when tunix is missing")
@@ -156,7 +157,7 @@ def ours_sft(setup: suite.Setup):
   from instructjax.models import DecoderLM  # pylint: disable=import-outside-toplevel
   from instructjax.stages.jit import jit_step  # pylint: disable=import-outside-toplevel
   from instructjax.stages.lm import make_lm_train_step  # pylint: disable=import-outside-toplevel
-  from instructjax.state import create_train_state  # pylint: disable=import-outside-toplevel
+  from instructjax.training.state import create_train_state  # pylint: disable=import-outside-toplevel
   model = DecoderLM(setup.cfg, shard=setup.ctx)
   tx, schedule = make_optimizer(ml_collections.ConfigDict(config_lib.optim_config(lr=1e-3)),
                                 1000)

@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 from instructjax.models import DecoderLM, get_preset
-from instructjax.optim import make_optimizer
+from instructjax.training.optim import make_optimizer
 from instructjax.stages.lm import make_lm_train_step
-from instructjax.state import create_train_state
+from instructjax.training.state import create_train_state
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "tiny", "model preset")

@@ -30,7 +30,7 @@ from absl import app, flags
 from instructjax.evaluation import (EvalSettings, ModelSpec, evaluate_models, evaluate_truthfulqa,
                                     load, load_items, results_table, write_results)
 from instructjax.evaluation.truthfulqa import truthfulqa_markdown
-from instructjax.logging_setup import setup_logging
+from instructjax.cli import setup_logging
 from instructjax.world import GROUPS, WorldConfig, heldout_prompts, pretrain_heldout_documents
 
 _DEFAULT_WORLD = WorldConfig()

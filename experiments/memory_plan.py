@@ -15,12 +15,13 @@ import json
 from absl import app, flags
 from jax.sharding import AbstractMesh, AxisType
 
-from instructjax import config_lib, memory
-from instructjax.mesh_presets import SLICES, get_slice
+from instructjax import config as config_lib
+from instructjax.parallel import memory
+from instructjax.parallel.slices import SLICES, get_slice
 from instructjax.models import PRESET_NAMES, DecoderLM, get_preset
-from instructjax.models.config import ConfigError
-from instructjax.optim import make_optimizer
-from instructjax.sharding import MESH_AXES, RULE_PRESETS, ShardingContext, get_rules
+from instructjax.config import ConfigError
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import MESH_AXES, RULE_PRESETS, ShardingContext, get_rules
 
 _PRESET = flags.DEFINE_enum("preset", "llama-8b", PRESET_NAMES, "model preset")
 _ALL = flags.DEFINE_bool("all_presets", False, "one table per model preset")

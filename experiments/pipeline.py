@@ -8,9 +8,9 @@ Results: <workdir>/eval/results.md (+ results.json and PNG plots).
 from absl import app, flags
 from ml_collections import config_flags
 
-from instructjax.logging_setup import setup_logging
-from instructjax.pipeline import run_pipeline
-from instructjax.pipeline_eval import evaluate_pipeline
+from instructjax.cli import setup_logging
+from instructjax.recipe.run import run_pipeline
+from instructjax.recipe.evaluate import evaluate_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny",
                                           "pipeline config file[:arg]", lock_config=True)

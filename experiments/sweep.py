@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from instructjax import sweeps
+from instructjax.recipe import sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file defining get_sweep()")
 _CONFIG = flags.DEFINE_string("config", None, "stage config file[:arg], as for train.py")

@@ -11,8 +11,8 @@ variables, or `--distributed.mode=auto` on TPU VMs/SLURM); see instructjax/distr
 from absl import app, flags
 from ml_collections import config_flags
 
-from instructjax import distributed
-from instructjax.logging_setup import setup_logging
+from instructjax.parallel import distributed
+from instructjax.cli import setup_logging
 from instructjax.stages.registry import run_stage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file[:arg]",

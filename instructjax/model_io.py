@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from instructjax.models.config import ModelConfig
-from instructjax.tokenizers import Tokenizer, load_tokenizer
+from instructjax.tokenizer import Tokenizer, load_tokenizer
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -90,7 +90,7 @@ def load_any_model(path: str, key: str = "init_from"
                    ) -> tuple[Any, ModelConfig, Tokenizer, str, dict]:
   """A stage's starting model: an instructjax model directory or a local Hugging Face one
   (config.json + safetensors). Errors name the config key that pointed here."""
-  from instructjax.models.config import ConfigError  # Local: avoids a cycle at import.
+  from instructjax.config import ConfigError  # Local: avoids a cycle at import.
   if not os.path.isdir(path):
     raise ConfigError(f"config.{key}: {path} is not a directory")
   if is_model_dir(path):

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from instructjax import config_lib
-from instructjax.models import ConfigError, PRESET_NAMES, get_preset
+from instructjax import config as config_lib
+from instructjax.config import ConfigError
+from instructjax.models import PRESET_NAMES, get_preset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from instructjax.models import ConfigError, DecoderLM, get_preset, positions_from_mask
-from instructjax.sharding import ShardingContext, get_rules, make_mesh, resolve_mesh_shape
-from instructjax.state import init_params
+from instructjax.config import ConfigError
+from instructjax.models import DecoderLM, get_preset, positions_from_mask
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh, resolve_mesh_shape
+from instructjax.training.state import init_params
 
 PRESET_MESHES = {"dp": (8, 1, 1), "fsdp": (2, 4, 1), "fsdp_tp": (2, 2, 2)}
 # Where the llama MLP gate kernel [layers, embed, mlp] must live under each preset.

@@ -4,7 +4,7 @@ penalty against the SFT policy), the adaptive controller off so each run keeps i
   python experiments/sweep.py --sweep=configs/sweeps/kl_coef.py --config=configs/ppo.py:tiny \
       --set=init_from=runs/x/sft/model --set=reward_model=runs/x/rm/model --workdir=runs/kl
 """
-from instructjax.sweeps import axis, with_fixed
+from instructjax.recipe.sweeps import axis, with_fixed
 
 
 def get_sweep():

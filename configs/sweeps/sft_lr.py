@@ -3,7 +3,7 @@
   python experiments/sweep.py --sweep=configs/sweeps/sft_lr.py --config=configs/sft.py:tiny \
       --set=init_from=runs/x/pretrain/model --workdir=runs/sft_lr
 """
-from instructjax.sweeps import axis, product
+from instructjax.recipe.sweeps import axis, product
 
 
 def get_sweep():

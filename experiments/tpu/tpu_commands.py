@@ -16,7 +16,7 @@ import dataclasses
 import shlex
 from typing import Mapping, Optional, Sequence
 
-from instructjax.mesh_presets import SlicePreset
+from instructjax.parallel.slices import SlicePreset
 
 GCLOUD_TPU = ("gcloud", "compute", "tpus", "tpu-vm")
 REMOTE_REPO = "~/instructjax"

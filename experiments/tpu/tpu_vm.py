@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # Its sibling tpu_commands.
 import tpu_commands as tc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from instructjax.mesh_presets import SLICES, get_slice  # pylint: disable=g-import-not-at-top
+from instructjax.parallel.slices import SLICES, get_slice  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib, memory, xla_options
+from instructjax import config as config_lib
+from instructjax.parallel import memory, xla_options
 from instructjax.benchmarking import checks, flops
 from instructjax.benchmarking.hardware import DevicePeak, peak_memory_bytes
 from instructjax.benchmarking.timing import (compile_seconds, time_calls, time_stateful,
@@ -32,15 +33,15 @@ from instructjax.benchmarking.timing import (compile_seconds, time_calls, time_s
 from instructjax.generation import SamplingConfig, make_prefill_and_decode, make_sampler
 from instructjax.models import DecoderLM, ModelConfig, positions_from_mask
 from instructjax.ops import adaptive_kl_controller
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages import ppo
 from instructjax.stages.jit import batch_shardings, jit_step
 from instructjax.stages.lm import make_lm_train_step
-from instructjax.stages.ppo_driver import compiled_iteration
-from instructjax.stages.ppo_state import create_ppo_state
+from instructjax.stages.ppo.run import compiled_iteration
+from instructjax.stages.ppo.state import create_ppo_state
 from instructjax.stages.rm import make_rm_train_step
-from instructjax.state import create_train_state, init_params
+from instructjax.training.state import create_train_state, init_params
 
 PAD = 0
 

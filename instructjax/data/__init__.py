@@ -17,7 +17,7 @@ from instructjax.data.adapters import ADAPTERS, alpaca, anthropic_hh, tldr_compa
 from instructjax.data.encode import EncodeConfig
 from instructjax.data.errors import DataError, DataReport, log_report
 from instructjax.data.loading import load_records
-from instructjax.data.pipeline import (BatchIterator, make_comparison_iterator,
+from instructjax.data.iterators import (BatchIterator, make_comparison_iterator,
                                        make_lm_iterator, make_prompt_iterator, state_from_json,
                                        state_to_json)
 from instructjax.data.schemas import Comparison, Demonstration, PromptRecord, TextDocument

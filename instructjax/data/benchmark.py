@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from instructjax.data.pipeline import make_lm_iterator
-from instructjax.tokenizers import CharTokenizer
+from instructjax.data.iterators import make_lm_iterator
+from instructjax.tokenizer import CharTokenizer
 
 _WORDS = ["red", "blue", "box", "key", "door", "north", "room", "lamp", "cat", "where", "is",
           "the", "what", "colour", "of", "in", "a", "it", "near"]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from instructjax.model_io import load_model
 from instructjax.models import DecoderLM, ModelConfig
-from instructjax.tokenizers import Tokenizer
+from instructjax.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(eq=False)

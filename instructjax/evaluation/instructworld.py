@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from instructjax.data.pipeline import make_lm_iterator
+from instructjax.data.iterators import make_lm_iterator
 from instructjax.evaluation.handles import LoadedModel
 from instructjax.evaluation.scoring import continuation_logprobs, last_token_scores
 from instructjax.generation import SamplingConfig, generate_texts

@@ -37,7 +37,7 @@ from instructjax.generation.config import SampleOutput, SamplingConfig
 from instructjax.models import DecoderLM, KVCache, positions_from_mask
 from instructjax.ops.logprobs import token_logprobs
 from instructjax.ops.sampling import sample_token
-from instructjax.sharding import ShardingContext, constrain
+from instructjax.parallel.sharding import ShardingContext, constrain
 
 Array = jax.Array
 

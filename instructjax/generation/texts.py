@@ -20,7 +20,7 @@ import numpy as np
 from instructjax.generation.config import SamplingConfig
 from instructjax.generation.sampler import make_sampler
 from instructjax.models import DecoderLM
-from instructjax.sharding import ShardingContext
+from instructjax.parallel.sharding import ShardingContext
 
 PROMPT_BUCKET = 16
 
@@ -55,7 +55,7 @@ def generate_texts(model: DecoderLM, params, tokenizer, prompts: Sequence[str],
 
   Args:
     model, params: an lm-head DecoderLM and its parameters.
-    tokenizer: has encode / decode / pad_id / eos_id (instructjax.tokenizers.Tokenizer).
+    tokenizer: has encode / decode / pad_id / eos_id (instructjax.tokenizer.Tokenizer).
     prompts: raw prompt strings, tokenized exactly as given (plus BOS with `add_bos`, to match
       data pipelines that use it).
     sampling: decoding settings; its pad_id/eos_id should be the tokenizer's.

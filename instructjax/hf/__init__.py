@@ -11,7 +11,7 @@ Policies (each documented where it is implemented):
     layer uses, llama attention/MLP biases, non-tanh GELU, untied GPT-2, num_labels != 1,
     tensors the conversion would not use (strict=True) (config, weights);
   * tokenizers without a PAD distinct from EOS get `<|pad|>`; the embedding grows to cover it
-    with mean rows (instructjax.hf_tokenizer, weights.grow_vocab);
+    with mean rows (instructjax.hf.tokenizer, weights.grow_vocab);
   * head="scalar" <-> *ForSequenceClassification(num_labels=1); a non-zero score_bias is refused
     on export unless score_bias="store" (convert).
 """

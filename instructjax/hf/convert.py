@@ -73,7 +73,7 @@ def import_hf(path: str, *, dtype: str = "float32", param_dtype: str = "float32"
     path: directory with config.json and model.safetensors (or sharded safetensors + index).
     dtype, param_dtype: compute and parameter dtypes of the instructjax model (weights are cast).
     load_tokenizer: load the tokenizer files of `path` if present. A PAD is added when the
-      tokenizer lacks one (see instructjax.hf_tokenizer) and the embedding grown to cover it.
+      tokenizer lacks one (see instructjax.hf.tokenizer) and the embedding grown to cover it.
     ignore_auto_map: convert configs with `auto_map` (remote code) as the built-in architecture.
     strict: refuse checkpoints with tensors the conversion would not use.
   """
@@ -94,7 +94,7 @@ def import_hf(path: str, *, dtype: str = "float32", param_dtype: str = "float32"
   cfg = spec.config
   tokenizer = None
   if load_tokenizer and _has_tokenizer(path):
-    from instructjax.tokenizers import load_tokenizer as load_tok  # Avoids an import cycle.
+    from instructjax.tokenizer import load_tokenizer as load_tok  # Avoids an import cycle.
     tokenizer = load_tok(path)
     if tokenizer.vocab_size > cfg.vocab_size:
       cfg, params = grow_vocab(cfg, params, tokenizer.vocab_size)
@@ -158,7 +158,7 @@ def export_hf(path: str, config: ModelConfig, params: Params, *, head: str = "lm
 def save_tokenizer_for_hf(tokenizer: Any, path: str) -> None:
   """Saves `tokenizer` natively; a CharTokenizer also gets HF files so transformers loads it."""
   tokenizer.save(path)
-  from instructjax.tokenizers import CharTokenizer
+  from instructjax.tokenizer import CharTokenizer
   if isinstance(tokenizer, CharTokenizer):
-    from instructjax.hf.char_tokenizer import char_tokenizer_to_hf
+    from instructjax.hf.tokenizer import char_tokenizer_to_hf
     char_tokenizer_to_hf(tokenizer).save_pretrained(path)

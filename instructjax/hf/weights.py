@@ -141,7 +141,7 @@ def expected_shapes(cfg: ModelConfig, head: str) -> dict[str, tuple[int, ...]]:
   """{"layers/attn/q_kernel": shape, ...} as DecoderLM(cfg, head) declares, without init."""
   import flax.linen as nn  # Local: the numpy conversions above need no flax.
   from instructjax.models import DecoderLM
-  from instructjax.state import dummy_inputs
+  from instructjax.training.state import dummy_inputs
   shapes = jax.eval_shape(lambda: DecoderLM(cfg, head).init(jax.random.key(0), *dummy_inputs()))
   flat = traverse_util.flatten_dict(nn.meta.unbox(shapes["params"]), sep="/")
   return {k: tuple(v.shape) for k, v in flat.items()}

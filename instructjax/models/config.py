@@ -11,13 +11,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from instructjax.config import ConfigError
+
 FAMILIES = ("gpt2", "llama", "qwen2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-  """A configuration value or combination is invalid; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.models.config import ModelConfig
-from instructjax.sharding import ShardingContext, constrain
+from instructjax.parallel.sharding import ShardingContext, constrain
 
 Array = jax.Array
 

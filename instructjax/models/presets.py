@@ -1,7 +1,8 @@
 """Named model sizes. `get_preset(name)` returns a ModelConfig; configs override fields on top."""
 from __future__ import annotations
 
-from instructjax.models.config import ConfigError, ModelConfig
+from instructjax.config import ConfigError
+from instructjax.models.config import ModelConfig
 
 _PRESETS: dict[str, dict] = {
     # Unit tests: compiles in about a second.

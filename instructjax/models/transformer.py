@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from instructjax.models.config import ModelConfig
 from instructjax.models.kv_cache import KVCache
 from instructjax.models.layers import MLP, Attention, Norm, declare
-from instructjax.sharding import ShardingContext, constrain
+from instructjax.parallel.sharding import ShardingContext, constrain
 
 Array = jax.Array
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping, Optional
 import jax
 import numpy as np
 
-from instructjax.sharding import ShardingContext
+from instructjax.parallel.sharding import ShardingContext
 
 
 def to_device_batch(batch: Mapping[str, np.ndarray], ctx: Optional[ShardingContext]) -> dict:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from instructjax.data import load_tfds
-from instructjax.models.config import ConfigError
-from instructjax.tokenizers import CharTokenizer, Tokenizer
+from instructjax.config import ConfigError
+from instructjax.tokenizer import CharTokenizer, Tokenizer
 from instructjax.world import splits as world_splits
 from instructjax.world.prompts import gold_answer
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional
 
-from instructjax import xla_options
-from instructjax.sharding import ShardingContext
+from instructjax.parallel import xla_options
+from instructjax.parallel.sharding import ShardingContext
 
 
 def batch_shardings(ctx: ShardingContext, batch_spec: Mapping[str, Any]) -> dict:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 
 STAGES = {
-    "pretrain": "instructjax.stages.lm_driver",
-    "sft": "instructjax.stages.lm_driver",
-    "rm": "instructjax.stages.rm_driver",
-    "ppo": "instructjax.stages.ppo_driver",
+    "pretrain": "instructjax.stages.lm.run",
+    "sft": "instructjax.stages.lm.run",
+    "rm": "instructjax.stages.rm.run",
+    "ppo": "instructjax.stages.ppo.run",
 }
 
 

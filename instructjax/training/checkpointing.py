@@ -366,6 +366,6 @@ def tokenizer_dir(directory: str) -> str:
 
 
 def load_checkpoint_tokenizer(directory: str) -> Any:
-  """The tokenizer saved beside the checkpoints (via `instructjax.tokenizers.load_tokenizer`)."""
-  from instructjax.tokenizers import load_tokenizer  # Local: keeps this module tokenizer-agnostic.
+  """The tokenizer saved beside the checkpoints (via `instructjax.tokenizer.load_tokenizer`)."""
+  from instructjax.tokenizer import load_tokenizer  # Local: keeps this module tokenizer-agnostic.
   return load_tokenizer(tokenizer_dir(directory))

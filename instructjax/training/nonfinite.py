@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax import xla_options
+from instructjax.parallel import xla_options
 
 SKIPPED = "skipped"  # Metric added by `guard_nonfinite`: 1 if this step's update was dropped.
 

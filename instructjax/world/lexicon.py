@@ -1,7 +1,7 @@
 """InstructWorld's fixed vocabulary: the 64-word lexicon, the alphabet and the courtesy prefix."""
 from __future__ import annotations
 
-from instructjax.tokenizers import WORLD_ALPHABET
+from instructjax.tokenizer import WORLD_ALPHABET
 
 # Verbatim from the spec ("Lexicon (64 words)"), in its order.
 LEXICON: tuple[str, ...] = tuple("""

@@ -13,7 +13,7 @@ import pytest
 from instructjax.generation import SamplingConfig, make_prefill_and_decode, make_sampler
 from instructjax.models import DecoderLM, get_preset, lm_head_weight, positions_from_mask
 from instructjax.ops.logprobs import entropy_from_logits, logprobs_from_hidden, token_logprobs
-from instructjax.state import init_params
+from instructjax.training.state import init_params
 
 
 @pytest.mark.parametrize("chunk", [0, 4, 5, 16])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 
 
 @pytest.fixture

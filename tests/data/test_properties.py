@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from instructjax.data import make_lm_iterator
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 
 TOK = CharTokenizer()
 text = st.text(alphabet="abcxyz .", min_size=1, max_size=14).filter(lambda s: s.strip())

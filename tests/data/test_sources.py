@@ -51,7 +51,7 @@ def test_tfds_by_name_and_data_dir(tmp_path):
   assert records.name == "tfds:instructjax_test_comparisons/train"
   assert sorted(r["prompt"] for r in records) == [f"question {i}" for i in range(6)]
   assert all(isinstance(r["chosen"], str) for r in records)  # bytes decoded.
-  from instructjax.tokenizers import CharTokenizer
+  from instructjax.tokenizer import CharTokenizer
   it = make_comparison_iterator(records, CharTokenizer(), batch_size=3, seq_len=24, seed=0,
                                 shard_index=0, shard_count=1)
   assert next(it)["tokens"].shape == (3, 2, 24)

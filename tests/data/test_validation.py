@@ -142,7 +142,7 @@ class _TemplateTokenizer:
   """A char tokenizer with a chat template, to check the template is used for chat prompts."""
 
   def __init__(self):
-    from instructjax.tokenizers import CharTokenizer
+    from instructjax.tokenizer import CharTokenizer
     self._t = CharTokenizer()
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
     self.calls = []
@@ -171,5 +171,5 @@ def test_chat_template_used_when_the_tokenizer_has_one():
 
 
 def _tok():
-  from instructjax.tokenizers import CharTokenizer
+  from instructjax.tokenizer import CharTokenizer
   return CharTokenizer()

@@ -14,7 +14,7 @@ import numpy as np
 from instructjax.evaluation import LoadedModel
 from instructjax.model_io import save_model
 from instructjax.models import DecoderLM, get_preset
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer()
 

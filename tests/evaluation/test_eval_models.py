@@ -5,7 +5,7 @@ import pytest
 from eval_testlib import (TOKENIZER, reference_continuation_logprob, reference_outputs,
                           tiny_model)
 
-from instructjax.data.pipeline import make_lm_iterator
+from instructjax.data.iterators import make_lm_iterator
 from instructjax.evaluation import (EvalSettings, ModelSpec, evaluate_models, generate_responses,
                                     heldout_lm_loss, reward_scores, sequence_kl,
                                     sequence_logprob)

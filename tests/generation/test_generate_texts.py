@@ -7,7 +7,7 @@ import pytest
 
 from instructjax.generation import (SamplingConfig, bucket_length, generate_texts, left_pad,
                                     make_sampler)
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 
 SET_A = ["abc", "hello there", "x", "what is 2", "zz top"]  # 1..11 chars: bucket 16.
 SET_B = ["abcdefghijkl", "0123456789abcd", "the quick brown"]  # 12..15 chars: bucket 16.

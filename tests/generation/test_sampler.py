@@ -10,7 +10,7 @@ import pytest
 from instructjax.generation import SampleOutput, SamplingConfig, make_sampler
 from instructjax.models import DecoderLM, positions_from_mask
 from instructjax.ops.logprobs import token_logprobs
-from instructjax.sharding import ShardingContext, get_rules, make_mesh
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
 
 PAD = 0
 N = 8

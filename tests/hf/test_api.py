@@ -72,7 +72,7 @@ def test_generate_with_chat_template(hf_dirs):
 
 
 def test_load_reads_model_dirs_training_checkpoints_and_hf_dirs(llama, tmp_path):
-  from instructjax.state import TrainState
+  from instructjax.training.state import TrainState
   from instructjax.training import Checkpointer, CheckpointConfig, write_checkpoint_assets
 
   def same(a, b):

@@ -12,7 +12,7 @@ import instructjax
 from instructjax.hf import export_hf, import_hf
 from instructjax.hf.safetensors_io import INDEX_FILE, SINGLE_FILE
 from instructjax.models import ModelConfig
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 
 
 def assert_bitwise_equal(a, b):

@@ -4,8 +4,8 @@ import pytest
 from hf_testlib import make_hf_tokenizer
 
 from instructjax.hf import import_hf
-from instructjax.hf_tokenizer import PAD_TOKEN, HFTokenizer
-from instructjax.tokenizers import load_tokenizer
+from instructjax.hf.tokenizer import PAD_TOKEN, HFTokenizer
+from instructjax.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

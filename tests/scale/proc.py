@@ -10,7 +10,7 @@ import tempfile
 import time
 from typing import Mapping, Sequence
 
-from instructjax import sweeps
+from instructjax.recipe import sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "experiments", "train.py")

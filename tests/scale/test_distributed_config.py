@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from instructjax import distributed
-from instructjax.models.config import ConfigError
+from instructjax.parallel import distributed
+from instructjax.config import ConfigError
 
 ENV = {"INSTRUCTJAX_COORDINATOR": "10.0.0.2:1234", "INSTRUCTJAX_NUM_PROCESSES": "4",
        "INSTRUCTJAX_PROCESS_ID": "3"}

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructjax import config_lib, memory
+from instructjax import config as config_lib
+from instructjax.parallel import memory
 from instructjax.models import PRESET_NAMES, DecoderLM, get_preset
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext, get_rules, make_mesh
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
 from instructjax.stages.lm import lm_loss
-from instructjax.state import boxed_param_init
+from instructjax.training.state import boxed_param_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GIB = 2 ** 30

@@ -2,12 +2,13 @@
 import pytest
 from jax.sharding import AbstractMesh, AxisType
 
-from instructjax import config_lib, memory
-from instructjax.mesh_presets import SLICES, SlicePreset, get_slice
+from instructjax import config as config_lib
+from instructjax.parallel import memory
+from instructjax.parallel.slices import SLICES, SlicePreset, get_slice
 from instructjax.models import DecoderLM, get_preset
-from instructjax.models.config import ConfigError
-from instructjax.optim import make_optimizer
-from instructjax.sharding import MESH_AXES, ShardingContext, get_rules
+from instructjax.config import ConfigError
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import MESH_AXES, ShardingContext, get_rules
 
 
 def plan_on(tpu: SlicePreset, preset: str, per_chip_batch: int = 1, seq: int = 2048, **kw):

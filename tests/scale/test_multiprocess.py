@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from instructjax import sweeps
+from instructjax.recipe import sweeps
 from instructjax.model_io import load_model, read_model_dir_config
 from instructjax.models import DecoderLM
-from instructjax.stages import lm_driver
-from instructjax.state import boxed_param_init
+from instructjax.stages.lm import run as lm_driver
+from instructjax.training.state import boxed_param_init
 from instructjax.training import read_metrics
 
 from tests.scale import proc

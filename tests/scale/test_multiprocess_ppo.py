@@ -14,9 +14,9 @@ import pytest
 
 from instructjax.model_io import save_model
 from instructjax.models import DecoderLM, get_preset
-from instructjax.stages import ppo_driver
-from instructjax.state import init_params
-from instructjax.tokenizers import CharTokenizer
+from instructjax.stages.ppo import run as ppo_driver
+from instructjax.training.state import init_params
+from instructjax.tokenizer import CharTokenizer
 
 from tests.scale import proc
 

@@ -12,13 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from instructjax import config_lib, memory, sweeps
+from instructjax import config as config_lib
+from instructjax.parallel import memory
+from instructjax.recipe import sweeps
 from instructjax.model_io import load_model, read_model_dir_config
 from instructjax.models import DecoderLM
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext, get_rules, make_mesh
-from instructjax.stages import lm_driver
-from instructjax.state import boxed_param_init
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
+from instructjax.stages.lm import run as lm_driver
+from instructjax.training.state import boxed_param_init
 from instructjax.training import Checkpointer, checkpoint_dir
 
 from tests.scale import proc

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from instructjax import sweeps
-from instructjax.models.config import ConfigError
-from instructjax.sweeps import axis, chain, product, with_fixed, zip_
+from instructjax.recipe import sweeps
+from instructjax.config import ConfigError
+from instructjax.recipe.sweeps import axis, chain, product, with_fixed, zip_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT = os.path.join(ROOT, "configs", "sft.py") + ":tiny"
@@ -38,7 +38,7 @@ def test_malformed_sweeps(build, match):
 
 def test_sweep_files_are_validated(tmp_path):
   good = tmp_path / "good.py"
-  good.write_text("from instructjax.sweeps import product\n"
+  good.write_text("from instructjax.recipe.sweeps import product\n"
                   "def get_sweep():\n  return product(optim__lr=[1e-3, 3e-3])\n")
   assert sweeps.load_sweep(str(good)) == [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}]
   bad = tmp_path / "bad.py"

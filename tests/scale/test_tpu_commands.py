@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from instructjax.mesh_presets import get_slice
+from instructjax.parallel.slices import get_slice
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from instructjax.model_io import load_model
-from instructjax.stages import lm_driver
+from instructjax.stages.lm import run as lm_driver
 from instructjax.training import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

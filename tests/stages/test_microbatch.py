@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instructjax.ops import masked_count, masked_mean
-from instructjax.stages.microbatch import accumulate_gradients, merge_rows, split_rows
+from instructjax.training.microbatch import accumulate_gradients, merge_rows, split_rows
 
 
 def test_split_rows_is_row_strided_and_merge_inverts_it():

@@ -17,12 +17,14 @@ import pytest
 
 from instructjax.generation import SamplingConfig
 from instructjax.model_io import load_model, save_model
-from instructjax.models import ConfigError, DecoderLM, get_preset
+from instructjax.config import ConfigError
+from instructjax.models import DecoderLM, get_preset
 from instructjax.ops import MAX_LOG_RATIO, adaptive_kl_controller
-from instructjax.stages import ppo, ppo_driver
+from instructjax.stages import ppo
+from instructjax.stages.ppo import run as ppo_driver
 from instructjax.stages.lm import lm_loss
-from instructjax.stages.ppo_state import create_ppo_state
-from instructjax.tokenizers import CharTokenizer
+from instructjax.stages.ppo.state import create_ppo_state
+from instructjax.tokenizer import CharTokenizer
 from instructjax.training import NonFiniteError, run_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -16,12 +16,14 @@ import pytest
 
 from instructjax.data import DataError
 from instructjax.model_io import load_model, save_model
-from instructjax.models import ConfigError, DecoderLM, get_preset
-from instructjax.stages import rm_driver
-from instructjax.stages.rm import (fold_normalization, make_rm_train_step, pairwise_agreement,
-                                   rm_scores)
-from instructjax.state import TrainState
-from instructjax.tokenizers import CharTokenizer
+from instructjax.config import ConfigError
+from instructjax.models import DecoderLM, get_preset
+from instructjax.stages.rm import run as rm_driver
+from instructjax.models.heads import fold_affine
+from instructjax.stages.rm import make_rm_train_step, rm_scores
+from instructjax.stages.rm.step import pairwise_agreement
+from instructjax.training.state import TrainState
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world.comparisons import Comparison
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,7 +172,7 @@ def test_pairwise_agreement_and_normalisation_fold():
   model, params = scalar_model()
   batch = comparison_batch(np.random.default_rng(2))
   before = np.asarray(jit_scores(model, params, batch))
-  after = np.asarray(jit_scores(model, fold_normalization(params, 2.5, -0.75), batch))
+  after = np.asarray(jit_scores(model, fold_affine(params, 2.5, -0.75), batch))
   np.testing.assert_allclose(after, 2.5 * before - 0.75, rtol=1e-5, atol=1e-5)
 
 

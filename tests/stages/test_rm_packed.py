@@ -14,8 +14,8 @@ from instructjax.data import DataError, batching, make_comparison_iterator
 from instructjax.models import DecoderLM, get_preset
 from instructjax.models.transformer import attention_mask
 from instructjax.stages.rm import make_rm_eval_step, make_rm_train_step, rm_scores
-from instructjax.state import TrainState
-from instructjax.tokenizers import CharTokenizer
+from instructjax.training.state import TrainState
+from instructjax.tokenizer import CharTokenizer
 
 from tests.stages.test_rm import init_params
 

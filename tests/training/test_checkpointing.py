@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.training import (CheckpointConfig, Checkpointer, abstract_like,
                                   load_checkpoint_tokenizer, read_model_config,
                                   write_checkpoint_assets)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.training import (CheckpointConfig, Checkpointer, Hook, NonFiniteError,
                                   checkpoint_dir, load_checkpoint_tokenizer, read_metrics,
                                   read_model_config, run_loop)

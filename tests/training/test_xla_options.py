@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructjax import xla_options
+from instructjax.parallel import xla_options
 from instructjax.stages.jit import jit_step
 from instructjax.training import guard_nonfinite
 

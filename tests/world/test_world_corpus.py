@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world import corpus, prompts
 from instructjax.world.lexicon import DIGITS, LEXICON_SET
 from instructjax.world.partition import is_heldout

@@ -4,7 +4,7 @@ import collections
 import numpy as np
 import pytest
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world import demonstrator, prompts
 from instructjax.world.correctness import content, has_courtesy_prefix, levenshtein
 from instructjax.world.edits import random_edits

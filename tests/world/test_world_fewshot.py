@@ -1,7 +1,7 @@
 """Few-shot prompt format and the base model's cut rule."""
 import numpy as np
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world import fewshot
 from instructjax.world.partition import is_heldout
 

@@ -4,7 +4,7 @@ import collections
 import numpy as np
 import pytest
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world import lexicon, prompts
 from tests.world.stats import assert_distribution
 

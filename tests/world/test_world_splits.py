@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from instructjax.tokenizers import CharTokenizer
+from instructjax.tokenizer import CharTokenizer
 from instructjax.world import export, partition, prompts, splits
 from instructjax.world.lexicon import LEXICON
 from instructjax.world.splits import SPLITS, WorldConfig

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

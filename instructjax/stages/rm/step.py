@@ -26,11 +26,10 @@ import optax
 from instructjax.models import DecoderLM
 from instructjax.models.transformer import gather_at
 from instructjax.ops.reward_loss import pairwise_ranking_loss
-from instructjax.state import TrainState
+from instructjax.training.state import TrainState
 
 RM_KEYS = ("tokens", "positions", "segment_ids", "k_mask", "last_index")
 EVAL_KEYS = RM_KEYS + ("response_id",)  # response_id: packed batches only.
-HEAD_PARAMS = ("score_kernel", "score_bias")  # The scalar head; everything else is the trunk.
 
 
 def is_packed(batch) -> bool:
@@ -142,34 +141,3 @@ def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray, tie_credit: float
       "num_pairs": total,
       "num_prompts": int(has.sum()),
   }
-
-
-def rm_init_params(sft_params: dict, rm_abstract: dict) -> dict:
-  """The RM's initial parameters: the SFT trunk and a zero score head.
-
-  Args:
-    sft_params: the LM's parameters (with `lm_head` unless embeddings are tied).
-    rm_abstract: ShapeDtypeStructs of the scalar-head model's parameters.
-  """
-  out = {}
-  for name, spec in rm_abstract.items():
-    if name in HEAD_PARAMS:
-      out[name] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
-      continue
-    if name not in sft_params:
-      raise ValueError(f"the LM has no parameter {name!r} for the RM trunk")
-    got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), sft_params[name])
-    want = jax.tree.map(lambda s: (tuple(s.shape), jnp.dtype(s.dtype)), spec)
-    if got != want:
-      raise ValueError(f"parameter {name!r} has shapes {got}, the RM expects {want}")
-    out[name] = sft_params[name]
-  return out
-
-
-def fold_normalization(params: dict, gain: float, bias: float) -> dict:
-  """Params whose scores are `gain * score + bias`: the affine map folded into the head."""
-  out = dict(params)
-  out["score_kernel"] = params["score_kernel"] * jnp.asarray(gain, params["score_kernel"].dtype)
-  out["score_bias"] = (params["score_bias"] * jnp.asarray(gain, params["score_bias"].dtype)
-                       + jnp.asarray(bias, params["score_bias"].dtype))
-  return out

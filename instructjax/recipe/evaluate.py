@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from instructjax import evaluation as ev
-from instructjax.pipeline import is_done, model_path
+from instructjax.recipe.run import is_done, model_path
 from instructjax.world.prompts import GROUPS
 from instructjax.world.splits import WorldConfig, heldout_prompts, pretrain_heldout_documents
 

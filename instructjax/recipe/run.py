@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import jax
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 from instructjax.model_io import MODEL_CONFIG_FILE
 from instructjax.stages.registry import run_stage
 

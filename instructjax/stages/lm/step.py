@@ -12,7 +12,7 @@ import optax
 
 from instructjax.models import DecoderLM
 from instructjax.ops.lm_loss import cross_entropy_loss
-from instructjax.state import TrainState
+from instructjax.training.state import TrainState
 
 
 def lm_loss(model: DecoderLM, params, batch, rng: Optional[jax.Array] = None,

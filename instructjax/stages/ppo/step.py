@@ -46,10 +46,10 @@ from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_reward
                              entropy_bonus, explained_variance, gae, masked_count, masked_mean,
                              policy_loss, token_logprobs, update_kl_controller, value_loss,
                              whiten_rewards)
-from instructjax.sharding import ShardingContext
+from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages.lm import lm_loss
-from instructjax.stages.microbatch import accumulate_gradients, merge_rows, split_rows
-from instructjax.stages.ppo_state import PPOState
+from instructjax.training.microbatch import accumulate_gradients, merge_rows, split_rows
+from instructjax.stages.ppo.state import PPOState
 
 Array = jax.Array
 

@@ -52,9 +52,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from instructjax.models import DecoderLM, ModelConfig
-from instructjax.models.config import ConfigError
-from instructjax.sharding import ShardingContext, param_shardings
-from instructjax.state import TrainState, boxed_param_init
+from instructjax.config import ConfigError
+from instructjax.parallel.sharding import ShardingContext, param_shardings
+from instructjax.training.state import TrainState, boxed_param_init
 
 GIB = 2 ** 30
 _F32 = 4

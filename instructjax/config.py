@@ -3,7 +3,11 @@
 Config files call these to build a ConfigDict and `lock()` it, so a mistyped key on the command
 line (`--config.optim.lrr=1e-3`) fails at parse time with the key's name. `validate_*` checks
 combinations (batch vs mesh, heads vs KV heads, ...) before anything is compiled; every
-message names the config key at fault.
+message names the config key at fault, and entry points print it as one line
+(`instructjax.cli`).
+
+This module sits below every other one (models, parallel and data raise its ConfigError), so
+what it needs from them is imported inside the functions that use it.
 """
 from __future__ import annotations
 
@@ -12,13 +16,14 @@ from typing import Optional
 
 import ml_collections
 
-from instructjax.models.config import ConfigError, ModelConfig
-from instructjax.models.presets import get_preset
-from instructjax.sharding import RULE_PRESETS, resolve_mesh_shape
+
+class ConfigError(ValueError):
+  """A configuration value or combination is invalid; the message names the key."""
 
 
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   """Every ModelConfig field of a named preset, each overridable from the command line."""
+  from instructjax.models.presets import get_preset
   return ml_collections.ConfigDict(get_preset(preset, **overrides).to_dict())
 
 
@@ -49,8 +54,9 @@ def train_config(batch_size: int, num_steps: int, log_every: int = 10, eval_ever
       keep_best_metric=keep_best_metric, on_nonfinite=on_nonfinite, stop_after=stop_after))
 
 
-def to_model_config(model_cfg, prefix: str = "model") -> ModelConfig:
+def to_model_config(model_cfg, prefix: str = "model"):
   """ConfigDict -> validated ModelConfig; errors name `config.<prefix>.<key>`."""
+  from instructjax.models.config import ModelConfig
   d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   names = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(d) - names)
@@ -60,6 +66,7 @@ def to_model_config(model_cfg, prefix: str = "model") -> ModelConfig:
 
 
 def validate_mesh(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  from instructjax.parallel.sharding import RULE_PRESETS, resolve_mesh_shape
   if mesh_cfg.rules not in RULE_PRESETS:
     raise ConfigError(f"config.mesh.rules: {mesh_cfg.rules!r} is not one of {sorted(RULE_PRESETS)}")
   return resolve_mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, num_devices)
@@ -75,7 +82,7 @@ def validate_batch(batch_size: int, mesh_shape: tuple[int, int, int], key: str =
                       f"{dp} (mesh data={mesh_shape[0]} x fsdp={mesh_shape[1]})")
 
 
-def validate_model_on_mesh(model: ModelConfig, mesh_shape: tuple[int, int, int], rules: str,
+def validate_model_on_mesh(model, mesh_shape: tuple[int, int, int], rules: str,
                            prefix: str = "model") -> None:
   tensor = mesh_shape[2]
   if tensor > 1 and "tp" in rules:

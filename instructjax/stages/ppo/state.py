@@ -17,8 +17,8 @@ import optax
 
 from instructjax.models import DecoderLM
 from instructjax.ops.kl import KLController
-from instructjax.sharding import ShardingContext, param_shardings
-from instructjax.state import boxed_param_init
+from instructjax.parallel.sharding import ShardingContext, param_shardings
+from instructjax.training.state import boxed_param_init
 
 
 @flax.struct.dataclass

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from instructjax.pipeline import STAGES, is_done, run_pipeline
-from instructjax.pipeline_eval import evaluate_pipeline
+from instructjax.recipe.run import STAGES, is_done, run_pipeline
+from instructjax.recipe.evaluate import evaluate_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""Hugging Face tokenizers behind instructjax's Tokenizer protocol (local files only).
+"""Hugging Face tokenizers behind instructjax's Tokenizer protocol (local files only), and
+InstructWorld's CharTokenizer as an equivalent HF fast tokenizer for exported checkpoints.
 
 PAD policy: instructjax needs a PAD distinct from EOS (EOS ends a response and is learned; PAD
 is masked out). Tokenizers without a PAD (GPT-2, Llama 3) or whose PAD is their EOS (Qwen2 base)
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from instructjax.tokenizer import CharTokenizer
 
 PAD_TOKEN = "<|pad|>"
 
@@ -105,3 +108,25 @@ def _unused_token(tokenizer: Any, base: str) -> str:
     i += 1
     name = f"{base[:-2]}_{i}|>"
   return name
+
+
+# ---------------------------------------------------------------------------------------------
+# InstructWorld's CharTokenizer as an HF fast tokenizer with the same ids (PAD=0, BOS=1, EOS=2,
+# then one id per alphabet character): a BPE model with the characters as its vocabulary and no
+# merges splits text into characters, with no normalizer or pre-tokenizer so spaces and newlines
+# are ordinary characters; the Fuse decoder joins tokens back without separators.
+
+
+def char_tokenizer_to_hf(tok: CharTokenizer):
+  """A transformers PreTrainedTokenizerFast encoding and decoding exactly like `tok`."""
+  from tokenizers import Tokenizer, decoders, models
+  from transformers import PreTrainedTokenizerFast
+
+  specials = (tok.PAD, tok.BOS, tok.EOS)
+  vocab = {s: i for i, s in enumerate(specials)}
+  vocab.update({c: i + len(specials) for i, c in enumerate(tok.alphabet)})
+  backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+  backend.add_special_tokens(list(specials))
+  backend.decoder = decoders.Fuse()
+  return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=tok.PAD, bos_token=tok.BOS,
+                                 eos_token=tok.EOS)

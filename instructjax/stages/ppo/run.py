@@ -34,26 +34,27 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import config_lib, xla_options
+from instructjax import config as config_lib
+from instructjax.parallel import xla_options
 from instructjax.data import make_lm_iterator, make_prompt_iterator
-from instructjax.distributed import host_batch_size
+from instructjax.parallel.distributed import host_batch_size
 from instructjax.generation import SamplingConfig
 from instructjax.model_io import TOKENIZER_DIR, load_model, read_model_dir_config, save_model
 from instructjax.models import DecoderLM, ModelConfig
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 from instructjax.ops import adaptive_kl_controller, fixed_kl_controller
 from instructjax.ops.kl import KLController
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages import inputs
 from instructjax.stages.device_data import to_device_batch
 from instructjax.stages.lm import make_lm_eval_step
-from instructjax.stages.lm_driver import (LM_KEYS, RUNTIME_FIELDS, fixed_eval_batches,
+from instructjax.stages.lm.run import (LM_KEYS, RUNTIME_FIELDS, fixed_eval_batches,
                                           loop_steps, model_dir, sharding_context)
 from instructjax.stages.ppo import (PPOConfig, PPOModels, eval_episodes, make_ppo_iteration)
-from instructjax.stages.ppo_state import create_ppo_state, ppo_state_shardings
-from instructjax.stages.rm import rm_init_params
-from instructjax.tokenizers import load_tokenizer
+from instructjax.stages.ppo.state import create_ppo_state, ppo_state_shardings
+from instructjax.models.heads import scalar_model_from_lm
+from instructjax.tokenizer import load_tokenizer
 from instructjax.training import CheckpointConfig, run_loop
 from instructjax.world import splits as world_splits
 from instructjax.world.correctness import correctness, exact_match, has_courtesy_prefix
@@ -444,7 +445,7 @@ def load_weights(config):
   else:
     abstract = jax.eval_shape(lambda: rm_params)
     try:
-      value_params = rm_init_params(policy_params, abstract)
+      value_params = scalar_model_from_lm(policy_params, abstract)
     except ValueError as e:
       raise ConfigError(f"config.value_init='sft': {e}") from e
   return policy_params, rm_params, value_params, tokenizer

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from instructjax.models import DecoderLM
-from instructjax.sharding import ShardingContext, param_shardings
+from instructjax.parallel.sharding import ShardingContext, param_shardings
 
 
 @flax.struct.dataclass

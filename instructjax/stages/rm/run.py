@@ -34,29 +34,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax import config_lib
+from instructjax import config as config_lib
 from instructjax.data import make_comparison_iterator
 from instructjax.data import batching
 from instructjax.data.encode import EncodeConfig, encode_comparison
 from instructjax.data.errors import DataReport
 from instructjax.data.schemas import Comparison as DataComparison
-from instructjax.distributed import host_batch_size
+from instructjax.parallel.distributed import host_batch_size
 from instructjax.generation import SamplingConfig, generate_texts
 from instructjax.model_io import (TOKENIZER_DIR, load_model, read_model_dir_config,
                                   save_model)
 from instructjax.models import DecoderLM
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 from instructjax.ops.reward_loss import reward_normalization
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext, param_shardings
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext, param_shardings
 from instructjax.stages import inputs
 from instructjax.stages.device_data import DeviceIterator, to_device_batch
 from instructjax.stages.jit import jit_step
-from instructjax.stages.lm_driver import RUNTIME_FIELDS, model_dir, sharding_context
-from instructjax.stages.rm import (EVAL_KEYS, RM_KEYS, fold_normalization, make_rm_eval_step,
-                                   make_rm_train_step, pairwise_agreement, rm_init_params)
-from instructjax.state import boxed_param_init, create_train_state
-from instructjax.tokenizers import load_tokenizer
+from instructjax.stages.lm.run import RUNTIME_FIELDS, model_dir, sharding_context
+from instructjax.models.heads import fold_affine, scalar_model_from_lm
+from instructjax.stages.rm.step import (EVAL_KEYS, RM_KEYS, make_rm_eval_step, make_rm_train_step,
+                                        pairwise_agreement)
+from instructjax.training.state import boxed_param_init, create_train_state
+from instructjax.tokenizer import load_tokenizer
 from instructjax.training import CheckpointConfig, run_loop
 from instructjax.world import comparisons as world_cmp
 from instructjax.world import splits as world_splits
@@ -514,7 +515,7 @@ def normalize(evaluate: Callable, params, data: RmData, config) -> tuple[Any, di
   if config.rm.normalize != "none":
     g, b = reward_normalization(jnp.asarray(raw), mode=config.rm.normalize)
     gain, bias = float(g), float(b)
-  params = fold_normalization(params, gain, bias)
+  params = fold_affine(params, gain, bias)
   after = score_texts(evaluate, params, data.norm_batches)
   return params, {
       "mode": config.rm.normalize, "gain": gain, "bias": bias,
@@ -550,7 +551,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   model = DecoderLM(model_cfg, head="scalar", shard=ctx)
   try:
-    start_params = rm_init_params(sft.load()[1], unboxed(abstract_params(model)))
+    start_params = scalar_model_from_lm(sft.load()[1], unboxed(abstract_params(model)))
   except ValueError as e:
     raise ConfigError(f"config.init_from: {e}") from e
   sft.release()

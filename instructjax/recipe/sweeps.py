@@ -3,7 +3,7 @@
 A sweep file `configs/sweeps/NAME.py` defines `get_sweep()` returning a list of override dicts
 (dotted config keys -> values), built with the helpers here:
 
-  from instructjax.sweeps import axis, chain, product, zip_
+  from instructjax.recipe.sweeps import axis, chain, product, zip_
 
   def get_sweep():
     return chain(
@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 
 Override = dict[str, Any]
 SCALARS = (bool, int, float, str)

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional
 import jax
 import ml_collections
 
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 
 ENV_COORDINATOR = "INSTRUCTJAX_COORDINATOR"
 ENV_NUM_PROCESSES = "INSTRUCTJAX_NUM_PROCESSES"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from instructjax.models.config import ConfigError
+from instructjax.config import ConfigError
 
 DECAYS = ("cosine", "linear", "constant")
 

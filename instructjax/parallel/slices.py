@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from instructjax.models.config import ConfigError
-from instructjax.sharding import RULE_PRESETS
+from instructjax.config import ConfigError
+from instructjax.parallel.sharding import RULE_PRESETS
 
 
 @dataclasses.dataclass(frozen=True)

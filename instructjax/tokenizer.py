@@ -88,7 +88,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
     return CharTokenizer(spec["alphabet"])
   if os.path.exists(os.path.join(directory, "tokenizer.json")) or os.path.exists(
       os.path.join(directory, "tokenizer_config.json")):
-    from instructjax.hf_tokenizer import HFTokenizer  # Optional dependency (transformers).
+    from instructjax.hf.tokenizer import HFTokenizer  # Optional dependency (transformers).
     return HFTokenizer.from_pretrained(directory)
   raise FileNotFoundError(
       f"no tokenizer in {directory}: expected {CHAR_TOKENIZER_FILE} or HF tokenizer files")

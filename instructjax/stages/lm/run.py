@@ -9,19 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax import config_lib, memory
+from instructjax import config as config_lib
+from instructjax.parallel import memory
 from instructjax.data import make_lm_iterator
-from instructjax.distributed import host_batch_size
+from instructjax.parallel.distributed import host_batch_size
 from instructjax.model_io import load_any_model, save_model
 from instructjax.models import DecoderLM, ModelConfig
-from instructjax.models.config import ConfigError
-from instructjax.optim import make_optimizer
-from instructjax.sharding import ShardingContext, get_rules, mesh_from_config
+from instructjax.config import ConfigError
+from instructjax.training.optim import make_optimizer
+from instructjax.parallel.sharding import ShardingContext, get_rules, mesh_from_config
 from instructjax.stages import inputs
 from instructjax.stages.device_data import DeviceIterator, to_device_batch
 from instructjax.stages.jit import jit_step
 from instructjax.stages.lm import make_lm_eval_step, make_lm_train_step
-from instructjax.state import create_train_state
+from instructjax.training.state import create_train_state
 from instructjax.training import CheckpointConfig, run_loop
 
 LM_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
