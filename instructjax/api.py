@@ -11,7 +11,6 @@ pipelines do, and batched with left padding; position ids come from the padding 
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -25,14 +24,6 @@ Messages = Sequence[Mapping[str, str]]
 Prompt = Union[str, Messages]
 
 _LENGTH_BUCKET = 16  # Forward widths are rounded up to this, so few shapes get compiled.
-
-
-@functools.lru_cache(maxsize=16)
-def forward_fn(config: ModelConfig, head: str = "lm"):
-  """Jitted (params, tokens, positions, segment_ids) -> outputs, shared by every LM with the
-  same (config, head), so reloading a model does not recompile."""
-  model = DecoderLM(config, head)
-  return jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg)[0])
 
 
 class LM:
@@ -54,8 +45,8 @@ class LM:
     self.shard = shard
     self.model = DecoderLM(config, head, shard)
     self.params = jax.tree.map(jnp.asarray, params)
-    self._forward = (forward_fn(config, head) if shard is None else jax.jit(
-        lambda p, t, pos, seg: self.model.apply({"params": p}, t, pos, seg)[0]))
+    # One compiled forward per LM object (and input width: see _LENGTH_BUCKET).
+    self._forward = jax.jit(lambda p, t, pos, seg: self.model.apply({"params": p}, t, pos, seg)[0])
 
   def __repr__(self) -> str:
     return (f"LM(family={self.config.family}, head={self.head}, d_model={self.config.d_model}, "

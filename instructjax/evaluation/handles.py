@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from instructjax.model_io import load_model
 from instructjax.models import DecoderLM, ModelConfig
+from instructjax.models.compiled import JitCache
 from instructjax.tokenizer import Tokenizer
 
 
@@ -29,6 +30,8 @@ class LoadedModel:
     head: "lm" for policies, "scalar" for reward models.
     meta: the directory's metadata (stage, steps, ...), {} when built in memory.
     directory: where it was loaded from, None when built in memory.
+    jit: the compiled functions of this model (sampler, scorers), reused by every evaluation
+      of it and released with it.
   """
   model: DecoderLM
   params: Any
@@ -37,6 +40,7 @@ class LoadedModel:
   head: str = "lm"
   meta: dict = dataclasses.field(default_factory=dict)
   directory: Optional[str] = None
+  jit: JitCache = dataclasses.field(default_factory=JitCache, repr=False)
 
   @classmethod
   def from_params(cls, config: ModelConfig, params: Any, tokenizer: Tokenizer,

@@ -37,7 +37,6 @@ model, the reference included; read their win rate for that group.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from typing import Any, Optional, Sequence
@@ -49,7 +48,7 @@ from instructjax.data.iterators import make_lm_iterator
 from instructjax.evaluation.handles import LoadedModel
 from instructjax.evaluation.scoring import continuation_logprobs, last_token_scores
 from instructjax.generation import SamplingConfig, generate_texts
-from instructjax.stages.lm import lm_loss
+from instructjax.stages.lm import LM_KEYS, make_lm_eval_step
 from instructjax.world import (GROUPS, condition_on_group, correctness, cut_response,
                                draw_exemplars, exact_match, few_shot_prompt, gold_answer,
                                has_courtesy_prefix, split_group, utility)
@@ -180,7 +179,7 @@ def generate_responses(lm: LoadedModel, prompts: Sequence[str],
                             top_k=settings.top_k, top_p=settings.top_p)
   batch = max(1, min(settings.batch_size, len(model_prompts)))
   out = generate_texts(lm.model, lm.params, tok, model_prompts, sampling, seed=settings.seed,
-                       batch_size=batch, add_bos=settings.add_bos)
+                       batch_size=batch, add_bos=settings.add_bos, cache=lm.jit)
   if few_shot:
     out = [cut_response(text, done) for text, done in out]
   return Responses(prompts=list(prompts), model_prompts=model_prompts,
@@ -268,7 +267,8 @@ def sequence_logprob(lm: LoadedModel, prompts: Sequence[str], texts: Sequence[st
   # scoring share one compilation; only the first len(stops) columns are read.
   chosen, extra = continuation_logprobs(lm.model, lm.params, prompt_ids, cont_ids,
                                         pad_id=tok.pad_id, batch_size=batch_size,
-                                        extra_ids=stops + stops[:1] * (2 - len(stops)))
+                                        extra_ids=stops + stops[:1] * (2 - len(stops)),
+                                        cache=lm.jit)
   out = np.zeros(len(texts), np.float64)
   for i, f in enumerate(finished):
     lp = chosen[i].astype(np.float64)
@@ -310,13 +310,7 @@ def reward_scores(reward_model: LoadedModel, prompts: Sequence[str], texts: Sequ
   ids = [_encode(reward_model, p, add_bos) + list(tok.encode(t)) + [tok.eos_id]
          for p, t in zip(prompts, texts)]
   return last_token_scores(reward_model.model, reward_model.params, ids, pad_id=tok.pad_id,
-                           batch_size=batch_size)
-
-
-@functools.lru_cache(maxsize=None)
-def _lm_loss_fn(model):
-  """Jitted lm_loss per model, memoised so repeated calls reuse one compilation."""
-  return jax.jit(lambda params, batch: lm_loss(model, params, batch))
+                           batch_size=batch_size, cache=reward_model.jit)
 
 
 def heldout_lm_loss(lm: LoadedModel, documents: Sequence[str], *, batch_size: int = 16,
@@ -333,10 +327,11 @@ def heldout_lm_loss(lm: LoadedModel, documents: Sequence[str], *, batch_size: in
   it = make_lm_iterator(records, lm.tokenizer, batch_size=batch_size, seq_len=seq_len, seed=0,
                         pack=True, mode="pretrain", shard_index=0, shard_count=1, num_epochs=1,
                         shuffle=False, drop_remainder=False, add_bos=add_bos, log=False)
-  step = _lm_loss_fn(lm.model)
+  step = lm.jit.get("lm_loss", lambda: jax.jit(make_lm_eval_step(lm.model)))
   total, count = 0.0, 0.0
   for batch in it:
-    loss, n = jax.device_get(step(lm.params, batch))
+    m = jax.device_get(step(lm.params, {k: batch[k] for k in LM_KEYS}))
+    loss, n = m["loss"], m["tokens"]
     total += float(loss) * float(n)
     count += float(n)
   return {"loss": total / max(count, 1.0), "tokens": count}

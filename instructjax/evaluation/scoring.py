@@ -12,14 +12,14 @@ the scored tokens matters most); the scored part itself is never cut.
 """
 from __future__ import annotations
 
-import functools
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from instructjax.models import DecoderLM, gather_at, last_token_index, positions_from_mask
+from instructjax.models.compiled import JitCache, cached
 
 LENGTH_BUCKET = 16
 
@@ -58,7 +58,6 @@ def fit_prompt(prompt_ids: Sequence[int], scored_len: int, max_len: int) -> list
   return list(prompt_ids[-room:])
 
 
-@functools.lru_cache(maxsize=None)
 def _logprob_fn(model: DecoderLM, temperature: float):
   """Jitted (params, tokens, segs, extra_ids) -> (next-token logp [B, T], logp of extra ids
   [B, T, S]); only gathered values leave the device, never the [B, T, V] distribution."""
@@ -71,7 +70,6 @@ def _logprob_fn(model: DecoderLM, temperature: float):
   return jax.jit(fn)
 
 
-@functools.lru_cache(maxsize=None)
 def _score_fn(model: DecoderLM):
   """Jitted (params, tokens, segs) -> scalar head at each row's last real token [B]."""
   def fn(params, tokens, segs):
@@ -83,7 +81,7 @@ def _score_fn(model: DecoderLM):
 def continuation_logprobs(model: DecoderLM, params, prompt_ids: Sequence[Sequence[int]],
                           cont_ids: Sequence[Sequence[int]], *, pad_id: int,
                           batch_size: int = 32, temperature: float = 1.0,
-                          extra_ids: Sequence[int] = ()
+                          extra_ids: Sequence[int] = (), cache: Optional[JitCache] = None
                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Log-probs of each continuation token given its prompt and the continuation before it.
 
@@ -96,6 +94,7 @@ def continuation_logprobs(model: DecoderLM, params, prompt_ids: Sequence[Sequenc
     temperature: log-probs under softmax(logits / temperature).
     extra_ids: S token ids whose log-probs are also returned at every continuation position
       (e.g. the set of stop tokens, to score "the response ends here" as a set event).
+    cache: the model's JitCache, to reuse the compiled forward across calls.
 
   Returns:
     (token_logps, extra_logps): per row float32 [C] and [C, S], where C = len(cont_ids[r]);
@@ -106,7 +105,8 @@ def continuation_logprobs(model: DecoderLM, params, prompt_ids: Sequence[Sequenc
   cap = model.cfg.max_seq_len
   prompts = [fit_prompt(p, len(c), cap) for p, c in zip(prompt_ids, cont_ids)]
   rows = [p + list(c) for p, c in zip(prompts, cont_ids)]
-  fn = _logprob_fn(model, float(temperature))
+  fn = cached(cache, ("logprobs", float(temperature)),
+              lambda: _logprob_fn(model, float(temperature)))
   extra = jnp.asarray(np.asarray(list(extra_ids), np.int32).reshape(-1))
   tok_out: list = [None] * len(rows)
   extra_out: list = [None] * len(rows)
@@ -120,7 +120,7 @@ def continuation_logprobs(model: DecoderLM, params, prompt_ids: Sequence[Sequenc
 
 
 def last_token_scores(model: DecoderLM, params, ids: Sequence[Sequence[int]], *, pad_id: int,
-                      batch_size: int = 32) -> np.ndarray:
+                      batch_size: int = 32, cache: Optional[JitCache] = None) -> np.ndarray:
   """Scalar-head value at the last token of each row (the reward model's score), float32 [N].
 
   Rows longer than the context keep their last max_seq_len tokens.
@@ -131,7 +131,7 @@ def last_token_scores(model: DecoderLM, params, ids: Sequence[Sequence[int]], *,
   rows = [list(r)[-cap:] for r in ids]
   if any(not r for r in rows):
     raise ValueError("cannot score an empty sequence")
-  fn = _score_fn(model)
+  fn = cached(cache, "scores", lambda: _score_fn(model))
   out = np.zeros(len(rows), np.float32)
   for idx, tokens, segs in _chunks(rows, batch_size, cap, pad_id):
     values = np.asarray(jax.device_get(fn(params, tokens, segs)))

@@ -101,7 +101,7 @@ def choice_loglikelihoods(lm: LoadedModel, items: Sequence[MCItem], *, batch_siz
         conts.append(list(tok.encode(continuation(choice))))
         slots.append((i, which))
   chosen, _ = continuation_logprobs(lm.model, lm.params, prompts, conts, pad_id=tok.pad_id,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, cache=lm.jit)
   out: list[tuple[list, list]] = [([], []) for _ in items]
   for (i, which), lp in zip(slots, chosen):
     out[i][which].append(float(np.sum(lp, dtype=np.float64)))

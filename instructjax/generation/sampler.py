@@ -166,18 +166,11 @@ def make_sampler(model: DecoderLM, sampling: SamplingConfig,
     shard: optional ShardingContext; batch dimensions of inputs, loop state, cache
       (KVCache.LOGICAL_AXES) and outputs are constrained with it.
 
-  The function compiles once per (B, P) (N is fixed by `sampling`). Memoised: equal
-  (model, sampling, shard) return the very same jitted function, so its compilations are
-  shared by every caller (rollouts, evaluation, generate_texts).
+  The function compiles once per (B, P) (N is fixed by `sampling`); keep it (or hand
+  `generate_texts` a JitCache) to reuse those compilations.
   """
   if model.head != "lm":
     raise ValueError(f"make_sampler needs a model with an lm head, got head={model.head!r}")
-  return _jitted_sampler(model, sampling, shard)  # One positional key form for the cache.
-
-
-@functools.lru_cache(maxsize=64)
-def _jitted_sampler(model: DecoderLM, sampling: SamplingConfig,
-                    shard: Optional[ShardingContext]) -> Callable[..., SampleOutput]:
   return jax.jit(functools.partial(_sample, model, sampling, shard))
 
 

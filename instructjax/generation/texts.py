@@ -20,6 +20,7 @@ import numpy as np
 from instructjax.generation.config import SamplingConfig
 from instructjax.generation.sampler import make_sampler
 from instructjax.models import DecoderLM
+from instructjax.models.compiled import JitCache, cached
 from instructjax.parallel.sharding import ShardingContext
 
 PROMPT_BUCKET = 16
@@ -50,7 +51,8 @@ def left_pad(ids: Sequence[Sequence[int]], width: int, rows: int,
 def generate_texts(model: DecoderLM, params, tokenizer, prompts: Sequence[str],
                    sampling: SamplingConfig, seed: int = 0, batch_size: int = 32,
                    shard: Optional[ShardingContext] = None, *,
-                   add_bos: bool = False) -> list[tuple[str, bool]]:
+                   add_bos: bool = False,
+                   cache: Optional[JitCache] = None) -> list[tuple[str, bool]]:
   """Samples one response per prompt.
 
   Args:
@@ -62,6 +64,8 @@ def generate_texts(model: DecoderLM, params, tokenizer, prompts: Sequence[str],
     seed: chunk c samples with fold_in(key(seed), c).
     batch_size: rows per sampler call (B); see the module docstring for why it is fixed.
     shard: optional ShardingContext, passed on to the sampler; inputs are placed batch-sharded.
+    cache: the owner's JitCache (of this model): its sampler is reused across calls. Without
+      one, each call compiles its own.
 
   Returns:
     [(response_text, finished)] in the order of `prompts`: the text excludes EOS and PAD;
@@ -75,7 +79,8 @@ def generate_texts(model: DecoderLM, params, tokenizer, prompts: Sequence[str],
     if not ids:
       raise ValueError(f"prompt {i} ({prompts[i]!r}) has no tokens: there is nothing to "
                        "condition on (use add_bos=True or a non-empty prompt)")
-  sample = make_sampler(model, sampling, shard)
+  sample = cached(cache, ("sampler", sampling, shard),
+                  lambda: make_sampler(model, sampling, shard))
   n = sampling.max_new_tokens
   order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
   rng = jax.random.key(seed)

@@ -6,11 +6,13 @@ on the 2-core CPU (README "Performance": the tiny PPO iteration and LM step). Th
 per compilation (`jax.jit(..., compiler_options=...)`), on a CPU backend only, and only when
 this XLA knows them; INSTRUCTJAX_NO_CPU_COMPILER_OPTIONS=1 turns them off.
 
-A jit with compiler options must be called at top level, not inside another jit: wrappers
-(`training.guard_nonfinite`) re-jit the wrapped Python function, found with `source`.
+A jit with compiler options must be called at top level, not inside another jit: `jit`
+returns a `Jitted`, which keeps the Python function and jit arguments it was made from, so a
+wrapper (`training.guard_nonfinite`) re-jits the function instead of nesting the jit.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -21,7 +23,6 @@ import jax.numpy as jnp
 
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE"}
 DISABLE_ENV = "INSTRUCTJAX_NO_CPU_COMPILER_OPTIONS"
-_SOURCE = "_instructjax_jit_source"
 
 _log = logging.getLogger(__name__)
 
@@ -41,14 +42,33 @@ def compiler_options() -> Optional[dict]:
   return dict(CPU_COMPILER_OPTIONS)
 
 
-def jit(fn: Callable, **jit_kwargs) -> Callable:
-  """jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs), remembering
-  (fn, jit_kwargs) for `source`. Call the result at top level only."""
-  jitted = jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs)
-  setattr(jitted, _SOURCE, (fn, dict(jit_kwargs)))
-  return jitted
+@dataclasses.dataclass(frozen=True, eq=False)
+class Jitted:
+  """`jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs)` and what it was made from.
+
+  Calls (and `.lower`, `._cache_size`, ...) go to the jitted function; `guarded` marks one
+  that `training.guard_nonfinite` already wraps.
+  """
+  fn: Callable
+  jit_kwargs: dict
+  jitted: Callable
+  guarded: bool = False
+
+  def __call__(self, *args, **kwargs):
+    return self.jitted(*args, **kwargs)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.jitted, name)
+
+
+def jit(fn: Callable, *, guarded: bool = False, **jit_kwargs) -> Jitted:
+  """`fn` jitted with the compiler options (a `Jitted`). Call the result at top level only."""
+  return Jitted(fn, dict(jit_kwargs),
+                jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs), guarded)
 
 
 def source(fn: Callable) -> tuple[Callable, dict[str, Any]]:
-  """(Python function, jit keyword arguments) behind a `jit` result; (fn, {}) otherwise."""
-  return getattr(fn, _SOURCE, (fn, {}))
+  """(Python function, jit keyword arguments) behind a `Jitted`; (fn, {}) for anything else."""
+  if isinstance(fn, Jitted):
+    return fn.fn, dict(fn.jit_kwargs)
+  return fn, {}

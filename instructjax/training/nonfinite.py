@@ -79,13 +79,13 @@ def guard_nonfinite(step_fn: StepFn, keys: Sequence[str] | None = None, *,
     kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
     return kept, {**metrics, SKIPPED: jnp.logical_not(ok).astype(jnp.int32)}
 
-  fn = xla_options.jit(guarded, **{**jit_kwargs, "donate_argnums": (0,) if donate else ()})
-  fn._instructjax_guarded = True  # Lets run_loop avoid wrapping twice.
-  return fn
+  return xla_options.jit(guarded, guarded=True,
+                         **{**jit_kwargs, "donate_argnums": (0,) if donate else ()})
 
 
 def is_guarded(step_fn: Any) -> bool:
-  return bool(getattr(step_fn, "_instructjax_guarded", False))
+  """`step_fn` came from `guard_nonfinite` (run_loop does not wrap it twice)."""
+  return isinstance(step_fn, xla_options.Jitted) and step_fn.guarded
 
 
 def _code(x: jax.Array) -> jax.Array:

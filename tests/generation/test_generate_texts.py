@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from instructjax.generation import (SamplingConfig, bucket_length, generate_texts, left_pad,
-                                    make_sampler)
+from instructjax.generation import SamplingConfig, bucket_length, generate_texts, left_pad
+from instructjax.models.compiled import JitCache
 from instructjax.tokenizer import CharTokenizer
 
 SET_A = ["abc", "hello there", "x", "what is 2", "zz top"]  # 1..11 chars: bucket 16.
@@ -60,15 +60,16 @@ def test_texts_match_greedy_reference_without_recompiling(make_lm, reference_gre
   assert any(f for _, f in expected) and not all(f for _, f in expected)
 
   sampling = SamplingConfig(max_new_tokens=N, eos_id=eos, pad_id=char.pad_id, temperature=0.0)
-  sample = make_sampler(model, sampling)  # Memoised: the very function generate_texts uses.
-  before = sample._cache_size()
-  out_a = generate_texts(model, params, tok, SET_A, sampling, batch_size=4)
-  assert sample._cache_size() == before + 1  # Two chunks of 4 rows, one shape.
-  out_b = generate_texts(model, params, tok, SET_B, sampling, batch_size=4)
-  assert sample._cache_size() == before + 1  # New lengths and count, same bucket: no compile.
+  cache = JitCache()  # The owner's cache: every call below uses its one sampler.
+  out_a = generate_texts(model, params, tok, SET_A, sampling, batch_size=4, cache=cache)
+  sample = cache.get(("sampler", sampling, None), lambda: None)
+  assert len(cache) == 1 and sample._cache_size() == 1  # Two chunks of 4 rows, one shape.
+  out_b = generate_texts(model, params, tok, SET_B, sampling, batch_size=4, cache=cache)
+  assert sample._cache_size() == 1  # New lengths and count, same bucket: no compile.
   assert out_a + out_b == expected
-  generate_texts(model, params, tok, ["a prompt of 20 chars"], sampling, batch_size=4)
-  assert sample._cache_size() == before + 2  # Bucket 32.
+  generate_texts(model, params, tok, ["a prompt of 20 chars"], sampling, batch_size=4,
+                 cache=cache)
+  assert len(cache) == 1 and sample._cache_size() == 2  # Bucket 32.
 
 
 def test_sampled_texts_are_reproducible(make_lm):

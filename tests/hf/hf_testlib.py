@@ -16,9 +16,11 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from instructjax.api import forward_fn  # noqa: E402
+from instructjax.models import DecoderLM  # noqa: E402
+from instructjax.models.compiled import JitCache  # noqa: E402
 from instructjax.hf.weights import expected_shapes  # noqa: E402
 from instructjax.models import ModelConfig, positions_from_mask  # noqa: E402
 
@@ -153,11 +155,15 @@ def hf_forward(model, tokens: np.ndarray, mask=None) -> np.ndarray:
   return out.float().numpy()
 
 
+_FORWARDS = JitCache()  # Compiled once per (config, head) for the whole test session.
+
+
 def ours_forward(cfg: ModelConfig, params, tokens: np.ndarray, mask=None, head: str = "lm"):
   """instructjax outputs for the same batch (positions from the mask, as for HF)."""
   mask = np.ones_like(tokens) if mask is None else mask
   seg = jnp.asarray(mask, jnp.int32)
-  fn = forward_fn(cfg, head)  # Compiled once per (config, head) for the whole session.
+  fn = _FORWARDS.get((cfg, head), lambda: jax.jit(
+      lambda p, t, pos, s: DecoderLM(cfg, head).apply({"params": p}, t, pos, s)[0]))
   return np.asarray(fn(params, jnp.asarray(tokens, jnp.int32), positions_from_mask(seg), seg))
 
 
