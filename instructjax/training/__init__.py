@@ -1,6 +1,7 @@
 """The training loop shared by every stage: checkpoints, metrics, hooks, non-finite handling."""
 from instructjax.training.checkpointing import (
     CheckpointConfig,
+    CheckpointError,
     Checkpointer,
     Restored,
     abstract_like,
@@ -20,7 +21,7 @@ from instructjax.training.nonfinite import (
 )
 
 __all__ = [
-    "CallableHook", "CheckpointConfig", "Checkpointer", "Hook", "LoopContext", "LoopSummary",
+    "CallableHook", "CheckpointConfig", "CheckpointError", "Checkpointer", "Hook", "LoopContext", "LoopSummary",
     "MetricsWriter", "NonFiniteError", "NonfiniteTracker", "Restored", "SKIPPED", "abstract_like",
     "checkpoint_dir", "guard_nonfinite", "load_checkpoint_tokenizer", "read_metrics",
     "read_model_config", "run_loop", "tokenizer_dir", "write_checkpoint_assets",

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import logging
+import time
 from typing import Any, Mapping
 
 import jax
@@ -39,6 +40,10 @@ TOKENIZER_DIR = "tokenizer"
 _ITEMS = ("state", "data_iter", "rng", "host")
 
 _log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a run's directory can be read back."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,11 +277,58 @@ class Checkpointer:
         rng=ocp.args.JsonRestore(),
         host=ocp.args.JsonRestore(),
     ))
+    for item in ("data_iter", "rng", "host"):
+      if not isinstance(getattr(restored, item, None), Mapping):
+        # Orbax reads a missing JSON item back as None: resuming without it would silently
+        # replay other batches (or lose the host state), so the step counts as damaged.
+        raise CheckpointError(f"step {step}: its {item} item is missing or not JSON")
     iter_state = self._this_process_iter_state(restored.data_iter, step)
     if data_iter is not None and iter_state is not None:
       data_iter.set_state(iter_state)
     return Restored(step=step, state=restored.state, data_iter_state=iter_state,
-                    rng=decode_rng(restored.rng), host=dict(restored.host or {}))
+                    rng=decode_rng(restored.rng), host=dict(restored.host))
+
+  def restore_intact(self, *, target: PyTree = None, data_iter: Any = None) -> Restored:
+    """Restores the newest step that reads back whole, setting aside the newer ones that do not.
+
+    A kill or a full disk can leave the latest step damaged (a truncated or missing file).
+    Steps are tried newest first; damaged steps newer than the one restored are moved to
+    `<directory>_damaged/<step>` (kept for inspection, and out of the way of the next save of
+    that step) with a warning naming each. If no step restores, nothing is moved and
+    `CheckpointError` says which steps failed and why.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        restored = self.restore(step, target=target, data_iter=data_iter)
+      except Exception as e:  # pylint: disable=broad-except  # Any damage: try the previous one.
+        failures.append((step, f"{type(e).__name__}: {e}".splitlines()[0][:300]))
+        continue
+      for bad, why in failures:
+        aside = self._set_aside(bad)
+        _log.warning("checkpoint step %d in %s does not read back (%s); moved to %s, resuming "
+                     "from step %d", bad, self.directory, why, aside, step)
+      if failures:
+        self._manager.reload()
+      return restored
+    raise CheckpointError(
+        f"no checkpoint in {self.directory} reads back: " +
+        "; ".join(f"step {s}: {why}" for s, why in failures) +
+        ". Move the directory away to start afresh.")
+
+  def _set_aside(self, step: int) -> str:
+    src = os.path.join(str(self.directory), str(step))
+    dst_dir = str(self.directory).rstrip("/") + "_damaged"
+    dst = os.path.join(dst_dir, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(dst_dir, exist_ok=True)
+      if os.path.exists(dst):
+        dst = f"{dst}.{int(time.time())}"
+      os.replace(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # Only multi-host runs need it.
+      multihost_utils.sync_global_devices(f"instructjax_checkpoint_aside_{step}")
+    return dst
 
   def _this_process_iter_state(self, saved: Mapping[str, Any], step: int) -> Any:
     count = saved["process_count"]

@@ -26,6 +26,7 @@ from tqdm import tqdm  # Not tqdm.auto: its notebook bar crashes without ipywidg
 
 from instructjax.training import checkpointing
 from instructjax.training import hooks as hooks_lib
+from instructjax.training import interrupts
 from instructjax.training import metrics_writer
 from instructjax.training import nonfinite
 
@@ -46,7 +47,8 @@ class LoopSummary:
     start_step: step the call started from (0, or the resumed checkpoint's step).
     final_step: step of the returned state.
     resumed_from: the checkpoint step restored, or None for a fresh run.
-    stop_reason: "num_steps", "data_exhausted" or "preempted".
+    stop_reason: "num_steps", "data_exhausted" or "preempted" (a signal or the hosts'
+      preemption sync point: the state was saved at final_step; see training/interrupts.py).
     skipped_updates: updates dropped for non-finite losses, over the whole run (resumes included).
     train_metrics: the last logged train metrics (host scalars).
     eval_metrics: the last eval metrics (host scalars).
@@ -171,11 +173,12 @@ def run_loop(
   latest = ckpt.latest_step() if (ckpt is not None and resume) else None
   if latest is not None:
     try:
-      restored = ckpt.restore(latest, target=state,
-                              data_iter=data_iter if can_save_iter else None)
+      restored = ckpt.restore_intact(target=state,
+                                     data_iter=data_iter if can_save_iter else None)
     except BaseException:
       ckpt.close()
       raise
+    latest = restored.step
     if restored.data_iter_state is not None and not can_save_iter:
       _log.warning("checkpoint %d has a data iterator state but the iterator has no set_state(); "
                    "the resumed run will not see the same batches", latest)
@@ -258,55 +261,63 @@ def run_loop(
     done["save"] = step
 
   try:
-    for h in hook_list:
-      h.on_start(ctx)
-    while step < num_steps:
-      try:
-        batch = next(data_iter)
-      except StopIteration:
-        stop_reason = "data_exhausted"
-        _log.warning("data iterator exhausted after step %d of %d", step, num_steps)
-        break
-      step += 1
+    with interrupts.in_loop():
       for h in hook_list:
-        batch = h.before_step(step, batch, ctx)
-      step_rng = None if rng is None else jax.random.fold_in(rng, step)
-      state, metrics = step_fn(state, batch, step_rng)
-      ctx.state = state
-      tracker.update(step, metrics)
-      for h in hook_list:
-        update = h.after_step(step, metrics, ctx)
-        if update:
-          extra.update(update)
-      pbar.update(1)
+        h.on_start(ctx)
+      while step < num_steps:
+        try:
+          batch = next(data_iter)
+        except StopIteration:
+          stop_reason = "data_exhausted"
+          _log.warning("data iterator exhausted after step %d of %d", step, num_steps)
+          break
+        step += 1
+        for h in hook_list:
+          batch = h.before_step(step, batch, ctx)
+        step_rng = None if rng is None else jax.random.fold_in(rng, step)
+        state, metrics = step_fn(state, batch, step_rng)
+        ctx.state = state
+        tracker.update(step, metrics)
+        for h in hook_list:
+          update = h.after_step(step, metrics, ctx)
+          if update:
+            extra.update(update)
+        pbar.update(1)
 
-      preempted = ckpt is not None and ckpt.reached_preemption(step)
-      if log_every and step % log_every == 0:
-        log_train()
-      if eval_every and step % eval_every == 0:
-        run_eval()
-      if ckpt is not None and ((save_every and step % save_every == 0) or preempted):
+        # A signal to this process (SIGTERM/SIGINT), or the hosts' preemption sync point.
+        preempted = interrupts.stop_requested() or (
+            ckpt is not None and ckpt.reached_preemption(step))
+        if log_every and step % log_every == 0:
+          log_train()
+        if eval_every and step % eval_every == 0 and not preempted:
+          run_eval()
+        if ckpt is not None and ((save_every and step % save_every == 0) or preempted):
+          save()
+        if preempted:
+          stop_reason = "preempted"
+          interrupts.take_request()
+          _log.warning("told to stop: saved step %d, stopping", step)
+          break
+
+      for h in hook_list:
+        h.on_end(ctx)
+      # Final boundary: whatever the periodic schedule did not already do at this step.
+      if step > start_step:
+        if done["log"] != step:
+          log_train()
+        if (eval_fn is not None and eval_every and done["eval"] != step
+            and stop_reason != "preempted"):
+          run_eval()
+      if ckpt is not None and done["save"] != step and step > 0:
         save()
-      if preempted:
+      skipped_total = check_finite()
+      ckpt_steps, best_step = [], None
+      if ckpt is not None:
+        ckpt.wait_until_finished()  # Old steps are deleted on commit: list them afterwards.
+        ckpt_steps, best_step = ckpt.all_steps(), ckpt.best_step()
+      if interrupts.stop_requested():  # Told to stop during the final save: saved, so stop.
         stop_reason = "preempted"
-        _log.warning("preemption signalled: saved step %d, stopping", step)
-        break
-
-    for h in hook_list:
-      h.on_end(ctx)
-    # Final boundary: whatever the periodic schedule did not already do at this step.
-    if step > start_step:
-      if done["log"] != step:
-        log_train()
-      if eval_fn is not None and eval_every and done["eval"] != step:
-        run_eval()
-    if ckpt is not None and done["save"] != step and step > 0:
-      save()
-    skipped_total = check_finite()
-    ckpt_steps, best_step = [], None
-    if ckpt is not None:
-      ckpt.wait_until_finished()  # Old steps are deleted on commit: list them afterwards.
-      ckpt_steps, best_step = ckpt.all_steps(), ckpt.best_step()
+        interrupts.take_request()
   finally:
     pbar.close()
     writer.close()
