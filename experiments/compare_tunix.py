@@ -20,7 +20,7 @@ Setup (the same on both sides unless said otherwise):
     AdamW step (lr 1e-5) of the policy and one of the value model per minibatch: 8 + 8 optimizer
     steps per iteration on both sides. Ours without the ptx term (tunix has none): ptx_coef 0;
     --ptx_coef adds a PPO-ptx row for ours.
-    Ours: the driver's jitted iteration (`ppo_driver.compiled_iteration`, state donated,
+    Ours: the stage's jitted iteration (`stages.ppo.jit_iteration`, state donated,
     compiled with `xla_options.compiler_options()`: on CPU, YNNPACK runs the elementwise
     fusions). Setting XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=eltwise gives tunix's
     programs the same.

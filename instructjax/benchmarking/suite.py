@@ -2,7 +2,7 @@
 
 Each benchmark builds its inputs (random weights and tokens: speed does not depend on the
 values), compiles the very function the stage runs (`make_lm_train_step` + `jit_step`,
-`make_rm_train_step`, the KV-cache sampler, `ppo_update`, the driver's `compiled_iteration`),
+`make_rm_train_step`, the KV-cache sampler, `ppo_update`, `stages.ppo.jit_iteration` of `make_ppo_iteration`),
 times it after warm-up and returns a plain dict for JSON. Rollouts run with EOS disabled (an
 id outside the vocabulary), so every row generates exactly `new_tokens` tokens and the work is
 the same from run to run.
@@ -38,8 +38,6 @@ from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages import ppo
 from instructjax.stages.jit import batch_shardings, jit_step
 from instructjax.stages.lm import make_lm_train_step
-from instructjax.stages.ppo.run import compiled_iteration
-from instructjax.stages.ppo.state import create_ppo_state
 from instructjax.stages.rm import make_rm_train_step
 from instructjax.training.state import create_train_state, init_params
 
@@ -311,15 +309,12 @@ class PPOShape:
                          ptx_coef=self.ptx_coef).validate()
 
 
-def _frozen(cfg) -> tuple:
-  return tuple(sorted(cfg.to_dict().items()))
-
-
-def score_rollout(models: ppo.PPOModels, pcfg: ppo.PPOConfig, temperature: float, state,
-                  tokens, segment_ids, prompt_len: int) -> dict:
+def score_rollout(models: ppo.PPOModels, pcfg: ppo.PPOConfig, sampling: SamplingConfig, state,
+                  tokens, segment_ids, finished, prompt_len: int) -> dict:
   """The recompute phase of `ppo.rollout` (`ppo.score_sequences`) on sampled rows."""
-  return ppo.score_sequences(models, pcfg, temperature, state, tokens,
-                             positions_from_mask(segment_ids), segment_ids, prompt_len)
+  return ppo.score_sequences(models, pcfg, sampling.logprob_temperature, state, tokens,
+                             positions_from_mask(segment_ids), segment_ids, prompt_len,
+                             finished, sampling.eos_id)
 
 
 def ppo_setup(setup: Setup, shape: PPOShape):
@@ -333,16 +328,19 @@ def ppo_setup(setup: Setup, shape: PPOShape):
   optim = ml_collections.ConfigDict(config_lib.optim_config(lr=1e-5, warmup_steps=0,
                                                             decay="constant"))
   kl = adaptive_kl_controller(0.05, 2.0, 1000.0)
-  ptx_shape = (shape.ptx_batch, shape.ptx_seq) if pcfg.use_ptx else None
-  iteration, policy_tx, value_tx, _ = compiled_iteration(
-      pcfg, models, sampling, setup.ctx, _frozen(optim), _frozen(optim), 1000,
-      (kl.target, kl.horizon), (shape.batch, shape.prompt_len), ptx_shape)
+  policy_tx, schedule = make_optimizer(optim, 1000)
+  value_tx, _ = make_optimizer(optim, 1000)
   policy_params, _ = init_params(models.policy, setup.key(10), setup.ctx)
   value_params, _ = init_params(models.value, setup.key(11), setup.ctx)
   rm_params, _ = init_params(models.rm, setup.key(12), setup.ctx)
-  state, _ = create_ppo_state(models.policy, models.value, models.rm, policy_tx, value_tx,
-                              policy_params=policy_params, value_params=value_params,
-                              rm_params=rm_params, kl=kl, ctx=setup.ctx)
+  state, shardings = ppo.create_ppo_state(
+      models.policy, models.value, models.rm, policy_tx, value_tx, policy_params=policy_params,
+      value_params=value_params, rm_params=rm_params, kl=kl, ctx=setup.ctx)
+  # Compiled as the stage compiles it (stages/ppo/run.py).
+  iteration = ppo.jit_iteration(
+      ppo.make_ppo_iteration(pcfg, models.policy, models.value, models.rm, policy_tx, value_tx,
+                             sampling, shard=setup.ctx, policy_schedule=schedule),
+      setup.ctx, shardings, pcfg.use_ptx)
   prompts = prompt_batch(cfg.vocab_size, shape.batch, shape.prompt_len, setup.seed,
                          min_len=max(1, shape.prompt_len // 2))
   batch = {"prompts": place(setup, prompts)}
@@ -408,11 +406,11 @@ def _ppo_phases(setup, shape, pcfg, models, sampling, policy_tx, value_tx, state
                 temperature, update_flops):
   prompts = batch["prompts"]
   p = shape.prompt_len
-  # Compiled as the driver's iteration is (xla_options), so the phases add up to it.
+  # Compiled as the stage's iteration is (xla_options), so the phases add up to it.
   sampler = make_sampler(models.policy, sampling, setup.ctx)
   sample = xla_options.jit(lambda *args: sampler(*args))
-  score = xla_options.jit(functools.partial(score_rollout, models, pcfg, temperature),
-                          static_argnums=(3,))
+  score = xla_options.jit(functools.partial(score_rollout, models, pcfg, sampling),
+                          static_argnums=(4,))
   full_rollout = xla_options.jit(functools.partial(ppo.rollout, models, sampling, pcfg,
                                                    shard=setup.ctx))
 
@@ -425,14 +423,15 @@ def _ppo_phases(setup, shape, pcfg, models, sampling, policy_tx, value_tx, state
   sargs = (state.policy_params, prompts["tokens"], prompts["segment_ids"], setup.key(3))
   _, sample_compile = compile_seconds(sample, *sargs)
   out = sample(*sargs)
-  _, score_compile = compile_seconds(score, state, out.tokens, out.segment_ids, p)
+  _, score_compile = compile_seconds(score, state, out.tokens, out.segment_ids, out.finished,
+                                     p)
   ro = full_rollout(state, prompts, setup.key(3))
   ptx = batch.get("ptx")
   _, update_compile = compile_seconds(update, state, ro, ptx, setup.key(4))
 
   t_sample = time_calls(lambda: sample(*sargs), setup.reps, setup.warmup)
-  t_score = time_calls(lambda: score(state, out.tokens, out.segment_ids, p), setup.reps,
-                       setup.warmup)
+  t_score = time_calls(lambda: score(state, out.tokens, out.segment_ids, out.finished, p),
+                       setup.reps, setup.warmup)
   t_update, state = time_stateful(update, state, (ro, ptx, setup.key(4)), setup.reps,
                                   setup.warmup)
   b, seq = shape.batch, p + shape.new_tokens

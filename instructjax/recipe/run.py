@@ -1,9 +1,11 @@
 """The whole recipe in one run: pretrain -> SFT -> RM (SFT samples ranked by the simulated
 labelers) -> PPO and PPO-ptx -> group-conditioned RM and PPO-ptx -> evaluation.
 
-Each stage trains in `<workdir>/<stage>` with its own config (config.<stage>); a stage whose
-model directory is complete is reused, and an interrupted one resumes from its checkpoint, so
-re-running the same command continues where it stopped.
+Each stage trains in `<workdir>/<stage>` with its own config (config.<stage>); a stage that
+completed (its `model/` written by `stages.runner.write_model`) is reused, and one that stopped
+early (train.stop_after, a signal, a preemption) resumes from its checkpoint, so re-running the
+same command continues where it stopped. A stage that stops early stops the recipe: the next
+stage would start from an unfinished model.
 """
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 
 from instructjax import config as config_lib
-from instructjax.model_io import MODEL_CONFIG_FILE
+from instructjax.config import ConfigError
+from instructjax.stages import runner
 from instructjax.stages.registry import run_stage
+from instructjax.training import interrupts, workdir as workdir_lib
 
 _log = logging.getLogger(__name__)
 
@@ -45,12 +49,12 @@ def model_path(workdir: str, stage: str) -> str:
 
 
 def is_done(workdir: str, stage: str) -> bool:
-  # model_config.json is written last by model_io.save_model: its presence means complete.
-  return os.path.isfile(os.path.join(model_path(workdir, stage), MODEL_CONFIG_FILE))
+  return runner.is_complete(model_path(workdir, stage))
 
 
-def stage_config(config, stage: Stage, workdir: str):
-  """The stage's config with its inputs pointed at earlier stages and the shared world."""
+def stage_config(config, stage: Stage, workdir: str, stages=STAGES):
+  """The stage's config with its inputs pointed at earlier stages and the shared world; a
+  reward model's normalisation sampling set to that of the PPO stages that use it."""
   c = config[stage.name]
   with c.unlocked():
     for key, source in stage.inputs.items():
@@ -59,6 +63,9 @@ def stage_config(config, stage: Stage, workdir: str):
     # the same everywhere; per-stage world settings (group conditioning) stay the stage's.
     for key, value in config.world.items():
       c.data.world[key] = value
+    sampling = ppo_sampling(config, stage.name, stages)
+    if sampling is not None:
+      c.rm.norm_temperature, c.rm.norm_max_new_tokens = sampling
   return c
 
 
@@ -66,35 +73,74 @@ def enabled_stages(config) -> list[Stage]:
   return [s for s in STAGES if s.name not in config.skip_stages]
 
 
+def ppo_sampling(config, rm_stage: str, stages) -> Optional[tuple[float, int]]:
+  """(temperature, max_new_tokens) of the PPO stages that read `rm_stage`'s reward model (None
+  when none does); they must agree, since one normalisation serves them all."""
+  drawn = {(float(config[s.name].ppo.temperature), int(config[s.name].ppo.max_new_tokens)): s.name
+           for s in stages if s.inputs.get("reward_model") == rm_stage}
+  if len(drawn) > 1:
+    raise ConfigError(f"the PPO stages {sorted(drawn.values())} read config.{rm_stage}'s reward "
+                      "model but sample differently (ppo.temperature, ppo.max_new_tokens: "
+                      f"{sorted(drawn)}); its normalisation can match only one")
+  return next(iter(drawn), None)
+
+
+def check_normalization_sampling(config, stages) -> None:
+  """A reward model's normalisation samples are drawn as the PPO stages that use it sample
+  (`stage_config` sets rm.norm_temperature / norm_max_new_tokens so); an explicit setting that
+  differs is refused."""
+  for stage in stages:
+    wanted = ppo_sampling(config, stage.name, stages)
+    if wanted is None:
+      continue
+    rm = config[stage.name].rm
+    for key, value in zip(("norm_temperature", "norm_max_new_tokens"), wanted):
+      if rm[key] not in (-1.0, 0) and rm[key] != value:
+        raise ConfigError(f"config.{stage.name}.rm.{key}={rm[key]}, but the PPO stages that "
+                          f"use this reward model sample with {value}: it must be normalised "
+                          "on samples drawn as PPO draws them (leave it unset to follow PPO)")
+
+
 def run_pipeline(config, workdir: str,
                  evaluate: Callable[[Any, str], dict] | None = None) -> dict:
-  """Runs every stage not yet done, then `evaluate(config, workdir)`; returns timings."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  timings_path = os.path.join(workdir, "pipeline_timings.json")
-  timings = {}
-  if os.path.exists(timings_path):
-    with open(timings_path) as f:
-      timings = json.load(f)
+  """Runs every stage not yet done, then `evaluate(config, workdir)`; returns timings, and
+  "stopped" (the stage's results) when a stage stopped before it completed."""
   stages = enabled_stages(config)
   # Every stage's own checks before the first compile: a typo in the last stage's config must
   # not surface after the first ones have trained.
   for stage in stages:
     config_lib.validate_common(config[stage.name], jax.device_count())
+  check_normalization_sampling(config, stages)
+  with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
+    return _run(config, workdir, stages, evaluate)
+
+
+def _run(config, workdir: str, stages: list[Stage], evaluate) -> dict:
+  timings_path = os.path.join(workdir, "pipeline_timings.json")
+  timings = {}
+  if os.path.exists(timings_path):
+    with open(timings_path) as f:
+      timings = json.load(f)
   t_all = time.time()
   for i, stage in enumerate(stages, 1):
+    stage_dir = os.path.join(workdir, stage.name)
     if is_done(workdir, stage.name):
       _log.info("[%d/%d] %s: done earlier, reusing %s", i, len(stages), stage.name,
                 model_path(workdir, stage.name))
       continue
-    _log.info("[%d/%d] %s: starting in %s", i, len(stages), stage.name,
-              os.path.join(workdir, stage.name))
+    if not os.path.isdir(stage_dir):
+      timings.pop(stage.name, None)  # A stage started afresh: no earlier time to add to.
+    _log.info("[%d/%d] %s: starting in %s", i, len(stages), stage.name, stage_dir)
     t0 = time.time()
-    run_stage(stage_config(config, stage, workdir), os.path.join(workdir, stage.name))
-    timings[stage.name] = time.time() - t0
+    results = run_stage(stage_config(config, stage, workdir, stages), stage_dir)
+    # Wall time over every invocation that worked on the stage (resumed ones included).
+    timings[stage.name] = timings.get(stage.name, 0.0) + time.time() - t0
+    runner.write_json(timings_path, timings)
+    if not results.get("complete"):
+      _log.warning("[%d/%d] %s stopped before it completed; the recipe stops here (run the "
+                   "same command again to resume)", i, len(stages), stage.name)
+      return {**timings, "stopped": results}
     _log.info("[%d/%d] %s: finished in %.0f s", i, len(stages), stage.name, timings[stage.name])
-    with open(timings_path, "w") as f:
-      json.dump(timings, f, indent=2)
   if evaluate is not None:
     t0 = time.time()
     _log.info("evaluation: starting")
@@ -102,6 +148,5 @@ def run_pipeline(config, workdir: str,
     timings["evaluate"] = time.time() - t0
     _log.info("evaluation: finished in %.0f s", timings["evaluate"])
   timings["this_invocation_s"] = time.time() - t_all
-  with open(timings_path, "w") as f:
-    json.dump(timings, f, indent=2)
+  runner.write_json(timings_path, timings)
   return timings

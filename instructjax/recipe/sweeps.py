@@ -8,7 +8,7 @@ A sweep file `configs/sweeps/NAME.py` defines `get_sweep()` returning a list of 
   def get_sweep():
     return chain(
         product(axis("optim.lr", [1e-4, 3e-4]), axis("seed", [0, 1])),   # 4 runs
-        zip_(axis("ppo.kl_coef", [0.0, 0.1]), axis("ppo.ptx_coef", [0.0, 1.0])))  # 2 runs
+        zip_(axis("ppo.kl.init_beta", [0.05, 0.15]), axis("ppo.ptx_coef", [0.0, 1.0])))  # 2 runs
 
 Keyword arguments are shorthand for `axis`, with "__" for ".": `product(optim__lr=[...])`.
 experiments/sweep.py runs each point in `<workdir>/<index>-<short name>` and writes the

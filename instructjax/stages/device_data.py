@@ -6,7 +6,7 @@ Iterator state passes through untouched, so checkpoints still see the host itera
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -42,3 +42,15 @@ class DeviceIterator:
 
   def set_state(self, state) -> None:
     self.host_iter.set_state(state)
+
+
+def fixed_batches(host_iter: Iterable[Mapping[str, Any]], keys: Sequence[str],
+                  ctx: Optional[ShardingContext], limit: int = 0) -> list[dict]:
+  """The first `limit` batches of `host_iter` (all of them when 0) on device: the held-out
+  batches an evaluation reads again at every call."""
+  out = []
+  for batch in host_iter:
+    if limit and len(out) >= limit:
+      break
+    out.append(to_device_batch({k: batch[k] for k in keys if k in batch}, ctx))
+  return out

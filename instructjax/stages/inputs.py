@@ -40,6 +40,69 @@ def _world_records(kind: str, split: str, world) -> list[dict]:
   raise ValueError(f"no InstructWorld records of kind {kind!r}")
 
 
+def check_source(config, sources=SOURCES) -> None:
+  """config.data names a source this stage reads, with what that source needs; a file given
+  to the InstructWorld source (which would silently ignore it) is an error. Then the encoding
+  settings (`check_encoding`)."""
+  check_encoding(config)
+  data = config.data
+  if data.source not in sources:
+    raise ConfigError(f"config.data.source: {data.source!r} is not one of {tuple(sources)}")
+  paths = {k: v for k, v in data.items() if k.endswith("_path") and v}
+  if data.source == "instructworld":
+    world_config(data)  # Raises naming config.data.world.
+    if paths:
+      key = sorted(paths)[0]
+      raise ConfigError(f"config.data.{key}={paths[key]!r} is set, but config.data.source is "
+                        "'instructworld', which generates its records and reads no file; set "
+                        "--config.data.source=jsonl to train on your file")
+  elif data.source == "jsonl" and not data.train_path:
+    raise ConfigError("config.data.train_path: required when config.data.source='jsonl'")
+  elif data.source == "tfds" and not data.tfds_name:
+    raise ConfigError("config.data.tfds_name: required when config.data.source='tfds'")
+
+
+# The record kind each stage's adapter must produce (instructjax.data.adapters).
+ADAPTER_KINDS = {"pretrain": "texts", "sft": "demonstrations", "rm": "comparisons",
+                 "ppo": "prompts"}
+
+
+def check_encoding(config) -> None:
+  """config.data's encoding settings: an adapter that makes this stage's records, and a
+  seq_len with room for a prompt token, a response token and EOS (after BOS)."""
+  from instructjax.data.adapters import ADAPTERS  # Only the names and kinds are needed here.
+  data = config.data
+  if data.on_error not in ("raise", "skip"):
+    raise ConfigError(f"config.data.on_error: {data.on_error!r} is not 'raise' or 'skip'")
+  if data.adapter:
+    kind = ADAPTER_KINDS.get(config.stage)
+    if data.source == "instructworld":
+      raise ConfigError(f"config.data.adapter={data.adapter!r} is set, but config.data.source "
+                        "is 'instructworld', whose records need no adapter")
+    if data.adapter not in ADAPTERS:
+      raise ConfigError(f"config.data.adapter: {data.adapter!r} is not one of "
+                        f"{sorted(ADAPTERS)}")
+    if ADAPTERS[data.adapter][1] != kind:
+      raise ConfigError(f"config.data.adapter={data.adapter!r} makes "
+                        f"{ADAPTERS[data.adapter][1]}, but config.stage={config.stage!r} reads "
+                        f"{kind}")
+  shortest = 3 + bool(data.get("add_bos", False))
+  if data.seq_len < shortest:
+    raise ConfigError(f"config.data.seq_len={data.seq_len}: a sequence needs at least "
+                      f"{shortest} tokens (a prompt token, a response token and EOS"
+                      f"{', after BOS' if shortest == 4 else ''})")
+
+
+def encode_kwargs(config, kind: str) -> dict:
+  """What every iterator of a stage takes from config.data (kind: the records it reads)."""
+  data = config.data
+  out = dict(add_bos=bool(data.get("add_bos", False)), truncate=bool(data.get("truncate", True)),
+             on_error=data.on_error)
+  if data.adapter and ADAPTER_KINDS.get(config.stage) == kind:
+    out["adapter"] = data.adapter
+  return out
+
+
 def lm_records(config, kind: str, split: str) -> Any:
   """Records (or a path) for the LM stages: kind "pretrain" ({"text"}) or "sft"."""
   data = config.data

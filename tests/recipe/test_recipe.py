@@ -10,7 +10,7 @@ import pytest
 from instructjax.recipe.run import STAGES, is_done, run_pipeline
 from instructjax.recipe.evaluate import evaluate_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def mini_config():
@@ -40,13 +40,31 @@ def mini_config():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+  """The recipe stopped early in SFT (as after a preemption), then run again to the end."""
   workdir = str(tmp_path_factory.mktemp("pipeline"))
+  stopped = mini_config()
+  stopped.sft.train.stop_after = 1
+  first = run_pipeline(stopped, workdir, evaluate=evaluate_pipeline)
+  state_after_stop = {s.name: is_done(workdir, s.name) for s in STAGES}
+  state_after_stop["rm_started"] = os.path.exists(os.path.join(workdir, "rm"))
   timings = run_pipeline(mini_config(), workdir, evaluate=evaluate_pipeline)
-  return workdir, timings
+  return workdir, timings, first, state_after_stop
+
+
+def test_a_stage_that_stopped_early_stops_the_recipe_and_is_resumed(run):
+  workdir, timings, first, done_after_stop = run
+  assert first["stopped"] == {"stage": "sft", "complete": False, "steps": 1,
+                              "stop_reason": "num_steps"}
+  assert done_after_stop == {**{s.name: s.name == "pretrain" for s in STAGES},
+                             "rm_started": False}  # Nothing trained on a half model.
+  with open(os.path.join(workdir, "sft", "lm_results.json")) as f:
+    sft = json.load(f)
+  assert sft["steps"] == 2 and sft["train"]["resumed_from"] == 1  # Resumed, not restarted.
+  assert "sft" in timings and "evaluate" in timings
 
 
 def test_every_stage_and_the_evaluation_are_written(run):
-  workdir, timings = run
+  workdir, *_ = run
   assert all(is_done(workdir, s.name) for s in STAGES)
   out = os.path.join(workdir, "eval")
   for name in ("results.md", "results.json", "comparison.png", "curves.png",
@@ -61,7 +79,7 @@ def test_every_stage_and_the_evaluation_are_written(run):
 
 
 def test_rerun_reuses_finished_stages(run):
-  workdir, _ = run
+  workdir, *_ = run
   marker = lambda s: os.path.getmtime(os.path.join(workdir, s.name, "model", "model_config.json"))
   before = {s.name: marker(s) for s in STAGES}
   t0 = time.time()
@@ -73,7 +91,7 @@ def test_rerun_reuses_finished_stages(run):
 def test_notebook_runs_against_the_pipeline(run):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
-  workdir, _ = run
+  workdir, *_ = run
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "instructworld.ipynb"), as_version=4)
   os.environ["INSTRUCTJAX_RUN"] = workdir
   try:

@@ -73,7 +73,7 @@ def test_single_process_initialize_is_a_no_op_and_host_batch_is_global():
 def test_auto_without_a_cluster_is_a_single_process_run():
   # A fresh interpreter: initialize must come before JAX's backend starts, which in this test
   # session it already has.
-  code = ("import jax; from instructjax import distributed; "
+  code = ("import jax; from instructjax.parallel import distributed; "
           "spec = distributed.initialize(distributed.config_section(mode='auto'), environ={}); "
           "print(spec, jax.distributed.is_initialized(), jax.process_count())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

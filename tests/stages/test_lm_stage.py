@@ -71,8 +71,12 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   resumed = str(tmp_path / "resumed")
   interrupted = small_config("pretrain.py", 6)
   interrupted.train.stop_after = 4
-  lm_driver.run(interrupted, resumed)  # Stopped at step 4 (same schedule)...
-  lm_driver.run(small_config("pretrain.py", 6), resumed)  # ...then run again to 6.
+  first = lm_driver.run(interrupted, resumed)  # Stopped at step 4 (same schedule): no model...
+  assert first == {"stage": "pretrain", "complete": False, "steps": 4, "stop_reason": "num_steps"}
+  assert not os.path.exists(os.path.join(resumed, "model"))
+  out = lm_driver.run(small_config("pretrain.py", 6), resumed)  # ...then run again to 6.
+  assert out["complete"] and out["steps"] == 6 and out["train"]["resumed_from"] == 4
+  assert load_model(os.path.join(resumed, "model"))[4]["steps"] == 6  # The steps done.
   for a, b in zip(jax.tree.leaves(params_of(straight)), jax.tree.leaves(params_of(resumed))):
     np.testing.assert_array_equal(a, b)
   steps = [r["step"] for r in read_metrics(resumed, split="train")]

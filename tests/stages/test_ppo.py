@@ -18,7 +18,7 @@ import pytest
 from instructjax.generation import SamplingConfig
 from instructjax.model_io import load_model, save_model
 from instructjax.config import ConfigError
-from instructjax.models import DecoderLM, get_preset
+from instructjax.models import DecoderLM, get_preset, positions_from_mask
 from instructjax.ops import MAX_LOG_RATIO, adaptive_kl_controller
 from instructjax.stages import ppo
 from instructjax.stages.ppo import run as ppo_driver
@@ -252,6 +252,34 @@ def test_rollout_shapes_and_alignment(rollout0):
                              np.where(ro.response_mask, ro.logprobs, 0), atol=1e-5)
 
 
+def test_the_reward_model_scores_what_it_was_trained_on(rollout0):
+  """A response without EOS is scored with the EOS the RM's training data appends to every
+  response (read there); a finished one as it is."""
+  ro = host(rollout0)
+  assert ro.finished.any() and not ro.finished.all()
+  rm_params = fresh_state().rm_params
+  for r in range(B):
+    ids = [int(t) for t, s in zip(ro.tokens[r], ro.segment_ids[r]) if s]
+    if not ro.finished[r]:
+      ids.append(EOS)
+    assert ids[-1] == EOS
+    tokens = jnp.asarray([ids], jnp.int32)
+    seg = jnp.ones_like(tokens)
+    values, _ = VALUE.apply({"params": rm_params}, tokens, positions_from_mask(seg), seg)
+    np.testing.assert_allclose(ro.rm_score[r], values[0, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_rm_inputs_append_eos_only_after_unfinished_responses():
+  tokens = jnp.asarray([[0, 5, 6, 7, 2, 0], [4, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 0]], jnp.int32)
+  seg = jnp.asarray([[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], jnp.int32)
+  finished = jnp.asarray([True, False, False])  # The last row is batch padding.
+  tok, pos, s = jax.device_get(ppo.rm_inputs(tokens, seg, finished, EOS))
+  np.testing.assert_array_equal(tok, [[0, 5, 6, 7, 2, 0, 0], [4, 5, 6, 7, 8, 9, EOS],
+                                      [0] * 7])
+  np.testing.assert_array_equal(s, [[0, 1, 1, 1, 1, 0, 0], [1] * 7, [0] * 7])
+  np.testing.assert_array_equal(pos[1], np.arange(7))
+
+
 def test_logprobs_do_not_depend_on_left_padding(greedy_rollout, rollout0):
   wide = host(greedy_rollout(fresh_state(), prompts(extra_pad=5), jax.random.key(1)))
   ro = host(rollout0)
@@ -425,7 +453,10 @@ def test_driver_resume_is_bitwise_identical(model_dirs, tmp_path):
   straight = str(tmp_path / "straight")
   out = run_driver(model_dirs, straight, 4)
   resumed = str(tmp_path / "resumed")
-  run_driver(model_dirs, resumed, 4, stop_after=2)
+  first = run_driver(model_dirs, resumed, 4, stop_after=2)
+  assert first == {"stage": "ppo", "complete": False, "steps": 2, "stop_reason": "num_steps"}
+  assert not os.path.exists(os.path.join(resumed, "model"))
+  assert not os.path.exists(os.path.join(resumed, "value_model"))
   out2 = run_driver(model_dirs, resumed, 4)
   assert out2["train"]["resumed_from"] == 2 and out2["steps"] == 4
   # The KL controller came back too (it moved away from its initial beta).
@@ -446,8 +477,7 @@ def test_driver_resume_is_bitwise_identical(model_dirs, tmp_path):
 
 
 def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
-  """Prompts (with a gold answer in their metadata) and ptx texts from JSONL files; the shapes
-  of the test above, so the memoised compiled iteration is reused."""
+  """Prompts (with a gold answer in their metadata) and ptx texts from JSONL files."""
   from instructjax.world import splits, write_jsonl
   world = splits.WorldConfig(num_ppo=32, num_heldout=8, num_pretrain=40, num_pretrain_heldout=8)
   heldout = splits.heldout_prompts(world)
@@ -456,9 +486,8 @@ def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
   write_jsonl(paths["eval"], [{"prompt": p, "gold": "owl"} for p in heldout])
   write_jsonl(paths["ptx"], [{"text": t} for t in splits.pretrain_documents(world)])
   write_jsonl(paths["ptx_eval"], [{"text": t} for t in splits.pretrain_heldout_documents(world)])
-  c = small_config(4)
+  c = small_config(1)
   c.init_from, c.reward_model = model_dirs
-  c.train.stop_after = 1
   c.data.update(source="jsonl", train_path=paths["train"], eval_path=paths["eval"],
                 ptx_path=paths["ptx"], ptx_eval_path=paths["ptx_eval"])
   out = ppo_driver.run(c, str(tmp_path / "w"))
@@ -491,5 +520,5 @@ def test_bad_configs_fail_before_compiling_naming_the_key(model_dirs, tmp_path, 
 def test_reward_model_must_have_a_scalar_head(model_dirs, tmp_path):
   c = small_config(2)
   c.init_from, c.reward_model = model_dirs[0], model_dirs[0]
-  with pytest.raises(ConfigError, match=r"config\.reward_model: .* head 'lm'"):
+  with pytest.raises(ConfigError, match=r"config\.reward_model: .* \(head 'lm'\)"):
     ppo_driver.run(c, str(tmp_path))

@@ -18,10 +18,11 @@ from instructjax.data import DataError
 from instructjax.model_io import load_model, save_model
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM, get_preset
+from instructjax.stages.rm import evaluate as rm_evaluate
 from instructjax.stages.rm import run as rm_driver
 from instructjax.models.heads import fold_affine
 from instructjax.stages.rm import make_rm_train_step, rm_scores
-from instructjax.stages.rm.step import pairwise_agreement
+from instructjax.stages.rm.evaluate import pairwise_agreement
 from instructjax.training.state import TrainState
 from instructjax.tokenizer import CharTokenizer
 from instructjax.world.comparisons import Comparison
@@ -167,8 +168,8 @@ def test_pairwise_agreement_and_normalisation_fold():
   good, bad = ("1 2 3", True), ("sure! 3 2", True)  # Correct and plain, wrong and polite.
   agree = Comparison("sort: 3 1 2\n", (good[0], bad[0]), (0, 1), "plain")
   disagree = Comparison("sort: 3 1 2\n", (good[0], bad[0]), (1, 0), "plain")
-  assert rm_driver.labeler_ceiling([agree])["group_utility_pair_accuracy"] == 1.0
-  assert rm_driver.labeler_ceiling([agree, disagree])["mixed_utility_pair_accuracy"] == 0.5
+  assert rm_evaluate.labeler_ceiling([agree])["group_utility_pair_accuracy"] == 1.0
+  assert rm_evaluate.labeler_ceiling([agree, disagree])["mixed_utility_pair_accuracy"] == 0.5
   model, params = scalar_model()
   batch = comparison_batch(np.random.default_rng(2))
   before = np.asarray(jit_scores(model, params, batch))
@@ -219,11 +220,16 @@ def runs(sft_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("rm")
   straight, resumed = str(base / "straight"), str(base / "resumed")
   out = rm_driver.run(small_config(sft_dir, 4), straight)
-  rm_driver.run(small_config(sft_dir, 2), resumed)
+  stopped = small_config(sft_dir, 4)
+  stopped.train.stop_after = 2
+  first = rm_driver.run(stopped, resumed)
+  written_early = os.listdir(resumed)
   cache = os.path.join(resumed, "comparisons", "train.jsonl")
   stamp = os.stat(cache).st_mtime_ns
   rm_driver.run(small_config(sft_dir, 4), resumed)
-  return dict(straight=straight, resumed=resumed, out=out, cache_reused=os.stat(cache).st_mtime_ns == stamp)
+  return dict(straight=straight, resumed=resumed, out=out, first=first,
+              written_early=written_early,
+              cache_reused=os.stat(cache).st_mtime_ns == stamp)
 
 
 def score_sequences(model, params, tokenizer, pairs, seq_len):
@@ -258,6 +264,13 @@ def test_driver_writes_a_scalar_model_normalised_on_sft_samples(runs, sft_dir):
   assert meta["normalization"]["bias"] == pytest.approx(results["normalization"]["bias"])
   heldout = [json.loads(l) for l in open(os.path.join(workdir, "comparisons", "heldout.jsonl"))]
   assert len(heldout) == 8 and all(4 <= len(c["responses"]) <= 9 for c in heldout)
+
+
+def test_stop_after_leaves_a_checkpoint_and_no_model(runs):
+  assert runs["first"] == {"stage": "rm", "complete": False, "steps": 2,
+                           "stop_reason": "num_steps"}
+  assert "model" not in runs["written_early"] and "rm_results.json" not in runs["written_early"]
+  assert "checkpoints" in runs["written_early"]
 
 
 def test_resume_is_bitwise_identical_and_reuses_sampled_comparisons(runs):

@@ -1,138 +1,118 @@
-"""Pretraining and SFT: config -> data -> sharded state -> jitted step -> loop -> model dir."""
+"""Pretraining and SFT: config -> data -> sharded state -> jitted step -> loop -> model dir.
+
+  python experiments/train.py --config=configs/pretrain.py:tiny --workdir=runs/w/pretrain
+  python experiments/train.py --config=configs/sft.py:tiny --workdir=runs/w/sft \
+      --config.init_from=runs/w/pretrain/model
+
+Writes `<workdir>/model` (head "lm") and `<workdir>/lm_results.json` once train.num_steps
+steps are done; before that, checkpoints that a re-run resumes from.
+"""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from instructjax import config as config_lib
-from instructjax.parallel import memory
-from instructjax.data import make_lm_iterator
-from instructjax.parallel.distributed import host_batch_size
-from instructjax.model_io import load_any_model, save_model
-from instructjax.models import DecoderLM, ModelConfig
 from instructjax.config import ConfigError
-from instructjax.training.optim import make_optimizer
-from instructjax.parallel.sharding import ShardingContext, get_rules, mesh_from_config
-from instructjax.stages import inputs
-from instructjax.stages.device_data import DeviceIterator, to_device_batch
+from instructjax.models import DecoderLM, ModelConfig
+from instructjax.parallel import memory
+from instructjax.stages import inputs, runner
 from instructjax.stages.jit import jit_step
-from instructjax.stages.lm import make_lm_eval_step, make_lm_train_step
+from instructjax.stages.lm import data
+from instructjax.stages.lm.evaluate import EVAL_METRICS, make_evaluator
+from instructjax.stages.lm.step import make_lm_train_step
+from instructjax.training import interrupts, workdir as workdir_lib
+from instructjax.training.optim import make_optimizer
 from instructjax.training.state import create_train_state
-from instructjax.training import CheckpointConfig, run_loop
 
-LM_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
-# Fields of the model config that describe how to run, not what the weights are: a stage that
-# starts from a saved model takes these from its own config and the rest from the model.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "dropout_rate")
+STAGES = ("pretrain", "sft")
+RESULTS_FILE = "lm_results.json"
 
 _log = logging.getLogger(__name__)
 
 
-def model_dir(workdir: str) -> str:
-  return os.path.join(workdir, "model")
-
-
-def resolve_start(config, head: str = "lm"):
-  """(ModelConfig, tokenizer, params or None) from config.init_from or config.model."""
+def check(config) -> ModelConfig:
+  """Every check that reads no data and compiles nothing; the model's ModelConfig."""
+  if config.stage not in STAGES:
+    raise ConfigError(f"config.stage: the LM stage runs {STAGES}, not {config.stage!r}")
+  config_lib.validate_common(config, jax.device_count())
+  runner.keep_best_mode(config, EVAL_METRICS)
+  inputs.check_source(config)
   if config.init_from:
-    params, saved_cfg, tokenizer, saved_head, _ = load_any_model(config.init_from)
-    if saved_head != head:
-      raise ConfigError(f"config.init_from: {config.init_from} has a {saved_head!r} head; "
-                        f"this stage needs {head!r}")
-    runtime = {k: config.model[k] for k in RUNTIME_FIELDS}
-    return saved_cfg.replace(**runtime).validate(), tokenizer, params
-  model_cfg = config_lib.to_model_config(config.model)
-  tokenizer = inputs.default_tokenizer(config)
-  if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise ConfigError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
-                      f"tokenizer's vocabulary ({tokenizer.vocab_size})")
-  return model_cfg, tokenizer, None
-
-
-def loop_steps(config) -> int:
-  """Where this invocation stops: num_steps, or earlier with train.stop_after."""
-  stop = config.train.stop_after
-  return min(stop, config.train.num_steps) if stop else config.train.num_steps
-
-
-def sharding_context(config) -> ShardingContext:
-  return ShardingContext(mesh_from_config(config.mesh), get_rules(config.mesh.rules))
-
-
-def fixed_eval_batches(records, tokenizer, config, mode: str, ctx) -> list[dict]:
-  it = make_lm_iterator(records, tokenizer, batch_size=host_batch_size(config.train.batch_size),
-                        seq_len=config.data.seq_len, seed=0, pack=config.data.pack, mode=mode,
-                        num_epochs=1, shuffle=False, drop_remainder=False,
-                        on_error=config.data.on_error, log=False)
-  batches = []
-  for batch in it:
-    batches.append(to_device_batch({k: batch[k] for k in LM_KEYS}, ctx))
-    if len(batches) >= config.train.eval_batches:
-      break
-  return batches
-
-
-def make_evaluator(model: DecoderLM, batches: list[dict]):
-  """eval(state, step) -> {"loss"}: token-weighted mean loss over fixed batches."""
-  evaluate = jax.jit(make_lm_eval_step(model))
-
-  def eval_fn(state, step):
-    del step
-    total, tokens = 0.0, 0.0
-    for batch in batches:
-      m = evaluate(state.params, batch)
-      total += float(m["loss"]) * float(m["tokens"])
-      tokens += float(m["tokens"])
-    return {"loss": total / max(tokens, 1.0)}
-  return eval_fn
+    key = "init_from"
+    model_cfg = runner.model_spec(config.init_from, key, head="lm").replace(
+        **runner.runtime_fields(config)).validate()
+  else:
+    key = "model"
+    model_cfg = config_lib.to_model_config(config.model)
+  runner.check_seq_len(config.data.seq_len, "config.data.seq_len", model_cfg, key)
+  return model_cfg
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-  """Trains the LM stage named by config.stage ("pretrain" or "sft"); returns final metrics."""
-  mode = config.stage
-  if mode not in ("pretrain", "sft"):
-    raise ConfigError(f"config.stage: lm_driver runs 'pretrain' or 'sft', not {mode!r}")
-  config_lib.validate_common(config, jax.device_count())
-  model_cfg, tokenizer, start_params = resolve_start(config)
-  ctx = sharding_context(config)
+  """Trains the stage named by config.stage ("pretrain" or "sft"); returns its results."""
+  model_cfg = check(config)
+  with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
+    return _train(config, workdir, model_cfg)
+
+
+def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
+  # --- Mesh
+  ctx = runner.sharding_context(config)
+
+  # --- Start model and tokenizer
+  params = None
+  if config.init_from:
+    params, model_cfg, tokenizer = runner.load_start_model(
+        config.init_from, "init_from", "lm", runner.runtime_fields(config))
+  else:
+    tokenizer = inputs.default_tokenizer(config)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+      raise ConfigError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
+                        f"tokenizer's vocabulary ({tokenizer.vocab_size})")
+
+  # --- Data: every bad record is reported before anything compiles.
+  train_batches = data.train_batches(config, tokenizer, ctx)
+  eval_batches = data.eval_batches(config, tokenizer, ctx)
+
+  # --- Model, optimizer and state
   model = DecoderLM(model_cfg, shard=ctx)
   tx, schedule = make_optimizer(config.optim, config.train.num_steps)
-
-  # Data first: every bad record is reported before anything is compiled.
-  host_iter = make_lm_iterator(
-      inputs.lm_records(config, mode, "train"), tokenizer,
-      batch_size=host_batch_size(config.train.batch_size),
-      seq_len=config.data.seq_len, seed=config.seed, pack=config.data.pack, mode=mode,
-      on_error=config.data.on_error)
-  eval_batches = fixed_eval_batches(inputs.lm_records(config, mode, "eval"), tokenizer, config,
-                                    mode, ctx)
-
   memory.log_plan(model, tx, ctx, config.train.batch_size, config.data.seq_len,
-                  rules_name=config.mesh.rules, label=mode)
+                  rules_name=config.mesh.rules, label=config.stage)
   rng = jax.random.key(config.seed)
   state, shardings = create_train_state(model, tx, jax.random.fold_in(rng, 1), ctx,
-                                        params=start_params)
-  batch_spec = {k: jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), jnp.int32)
-                for k in LM_KEYS}
-  step_fn = jit_step(make_lm_train_step(model, tx, schedule), ctx, shardings, batch_spec)
-  best = config.train.keep_best_metric or None
-  evaluator = make_evaluator(model, eval_batches)  # One compiled eval for the loop and the end.
-  state, summary = run_loop(
-      step_fn, state, DeviceIterator(host_iter, ctx, LM_KEYS), jax.random.fold_in(rng, 2),
-      num_steps=loop_steps(config), workdir=workdir, log_every=config.train.log_every,
-      eval_every=config.train.eval_every, eval_fn=evaluator,
-      save_every=config.train.save_every,
-      checkpoint=CheckpointConfig(max_to_keep=config.train.max_to_keep, best_metric=best),
-      on_nonfinite=config.train.on_nonfinite, model_config=model_cfg, tokenizer=tokenizer)
-  final_eval = evaluator(state, None)
-  save_model(model_dir(workdir), state.params, model_cfg, tokenizer, head="lm",
-             meta={"stage": mode, "steps": int(config.train.num_steps),
-                   "eval_loss": final_eval["loss"]})
-  _log.info("%s finished: eval loss %.4f; model in %s", mode, final_eval["loss"],
-            model_dir(workdir))
-  return {"eval_loss": final_eval["loss"], "summary": summary}
+                                        params=params)
+  del params
+
+  # --- Update step (state donated) and evaluation
+  step_fn = jit_step(make_lm_train_step(model, tx, schedule), ctx, shardings,
+                     data.batch_spec(config))
+  evaluate = make_evaluator(model, eval_batches)
+
+  # --- Loop: checkpoints, resume, periodic evaluation
+  state, summary = runner.train(
+      step_fn, state, train_batches, jax.random.fold_in(rng, 2), config, workdir,
+      eval_fn=lambda s, step: evaluate(s.params), eval_metrics=EVAL_METRICS,
+      model_config=model_cfg, tokenizer=tokenizer)
+  if not runner.is_finished(summary, config):
+    return runner.report_unfinished(summary, config, workdir)
+
+  # --- Final evaluation
+  final = evaluate(state.params)
+
+  # --- Model out
+  results = {"stage": config.stage, "complete": True, "steps": summary.final_step,
+             "stop_reason": summary.stop_reason, "eval_loss": final["loss"],
+             "train": {"last": summary.train_metrics, "loop_wall_s": summary.wall_time_s,
+                       "resumed_from": summary.resumed_from}}
+  runner.write_model(runner.model_dir(workdir), state.params, model_cfg, tokenizer, head="lm",
+                     meta={"stage": config.stage, "steps": summary.final_step,
+                           "eval_loss": final["loss"]})
+  runner.write_json(os.path.join(workdir, RESULTS_FILE), results)
+  _log.info("%s finished: eval loss %.4f; model in %s", config.stage, final["loss"],
+            runner.model_dir(workdir))
+  return {**results, "summary": summary}

@@ -14,6 +14,8 @@ from instructjax.models import DecoderLM
 from instructjax.ops.lm_loss import cross_entropy_loss
 from instructjax.training.state import TrainState
 
+LM_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")  # The batch contract.
+
 
 def lm_loss(model: DecoderLM, params, batch, rng: Optional[jax.Array] = None,
             deterministic: bool = True, z_loss: float = 0.0):

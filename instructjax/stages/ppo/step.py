@@ -46,12 +46,14 @@ from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_reward
                              entropy_bonus, explained_variance, gae, masked_count, masked_mean,
                              policy_loss, token_logprobs, update_kl_controller, value_loss,
                              whiten_rewards)
+from instructjax.parallel import xla_options
 from instructjax.parallel.sharding import ShardingContext
-from instructjax.stages.lm import lm_loss
-from instructjax.training.microbatch import accumulate_gradients, merge_rows, split_rows
+from instructjax.stages.lm import LM_KEYS, lm_loss
 from instructjax.stages.ppo.state import PPOState
+from instructjax.training.microbatch import accumulate_gradients, merge_rows, split_rows
 
 Array = jax.Array
+PROMPT_KEYS = ("tokens", "segment_ids", "positions")  # The prompt batch contract, [B, P].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +162,8 @@ class Rollout:
     ref_logprobs: float32 [B, N], the reference (SFT) policy's.
     sampler_logprobs: float32 [B, N], what the KV-cache sampler reported (a cross-check).
     values: float32 [B, N], V at the column that predicts each response token.
-    rm_score: float32 [B], the reward model at the last real token of prompt + response.
+    rm_score: float32 [B], the reward model at the EOS of prompt + response (+ the EOS the
+      RM's training data gives every response, when the policy did not stop: `rm_inputs`).
     score: float32 [B], rm_score after the no-EOS penalty (what the reward uses).
     finished: bool [B], the response ended with EOS.
     lengths: int32 [B], response tokens incl. EOS.
@@ -246,25 +249,46 @@ def map_chunks(fn: Callable[[Any], Any], tree: Any, chunk: int) -> Any:
 # -------------------------------------------------------------------------------- rollout
 
 
+def rm_inputs(tokens: Array, segment_ids: Array, finished: Array,
+              eos_id: int) -> tuple[Array, Array, Array]:
+  """Rows [B, P+N] as the reward model was trained on them, [B, P+N+1]: a response that did
+  not finish gets the EOS that the data layer appends to every comparison response (so the
+  RM is never asked to score a row shape it has not seen); other rows get a padding column.
+
+  Returns (tokens, positions, segment_ids); the score is read at the last real token.
+  """
+  b = tokens.shape[0]
+  last = last_token_index(segment_ids)  # [B]: an unfinished response fills the row.
+  put = jnp.logical_not(finished) & jnp.any(segment_ids != 0, axis=-1)
+  rows = jnp.arange(b)
+  tokens = jnp.pad(tokens, ((0, 0), (0, 1))).at[rows, last + 1].set(
+      jnp.where(put, eos_id, 0))
+  segment_ids = jnp.pad(segment_ids, ((0, 0), (0, 1))).at[rows, last + 1].set(
+      jnp.where(put, segment_ids[rows, last], 0))
+  return tokens, positions_from_mask(segment_ids), segment_ids
+
+
 def score_sequences(models: PPOModels, cfg: PPOConfig, temperature: float, state: PPOState,
-                    tokens: Array, positions: Array, segment_ids: Array,
-                    prompt_len: int) -> dict[str, Array]:
+                    tokens: Array, positions: Array, segment_ids: Array, prompt_len: int,
+                    finished: Array, eos_id: int) -> dict[str, Array]:
   """The rollout's recompute: policy and reference log-probs, values [B, N] and RM scores [B]
-  of prompt + response rows [B, P+N], in chunks of `cfg.micro_batch` rows (`map_chunks`)."""
+  of prompt + response rows [B, P+N], in chunks of `cfg.micro_batch` rows (`map_chunks`).
+  The RM scores each row with an EOS after an unfinished response (`rm_inputs`)."""
   p = prompt_len
 
   def score_chunk(seq):
-    tok, pos, seg = seq
+    tok, pos, seg, rm_seq = seq
     return {
         "logprobs": response_logprobs(models.policy, state.policy_params, tok, pos, seg, p,
                                       temperature),
         "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
                                           temperature),
         "values": response_values(models.value, state.value_params, tok, pos, seg, p),
-        "rm_score": sequence_scores(models.rm, state.rm_params, tok, pos, seg),
+        "rm_score": sequence_scores(models.rm, state.rm_params, *rm_seq),
     }
 
-  return map_chunks(score_chunk, (tokens, positions, segment_ids), cfg.micro_batch)
+  rm_seq = rm_inputs(tokens, segment_ids, finished, eos_id)
+  return map_chunks(score_chunk, (tokens, positions, segment_ids, rm_seq), cfg.micro_batch)
 
 
 def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: PPOState,
@@ -287,7 +311,7 @@ def rollout(models: PPOModels, sampling: SamplingConfig, cfg: PPOConfig, state: 
   positions = positions_from_mask(segment_ids)
 
   scored = score_sequences(models, cfg, temperature, state, out.tokens, positions, segment_ids,
-                           p)
+                           p, out.finished, sampling.eos_id)
   score = scored["rm_score"]
   if cfg.no_eos_penalty:
     score = apply_no_eos_penalty(score, out.finished, cfg.no_eos_penalty)
@@ -318,9 +342,10 @@ def eval_episodes(models: PPOModels, sampling: SamplingConfig, policy_params, re
   logp = response_logprobs(models.policy, policy_params, *seq, p, temperature)
   ref = response_logprobs(models.policy, ref_params, *seq, p, temperature)
   kl = jnp.sum(jnp.where(out.response_mask, logp - ref, 0.0), axis=-1)
+  score = sequence_scores(models.rm, rm_params,
+                          *rm_inputs(out.tokens, out.segment_ids, out.finished, sampling.eos_id))
   return {"response_tokens": out.response_tokens, "finished": out.finished,
-          "lengths": out.lengths, "score": sequence_scores(models.rm, rm_params, *seq),
-          "kl": kl}
+          "lengths": out.lengths, "score": score, "kl": kl}
 
 
 # ------------------------------------------------------------------- rewards and advantages
@@ -558,3 +583,17 @@ def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: Dec
     return new_state, metrics
 
   return iteration
+
+
+def jit_iteration(iteration: Callable, ctx: Optional[ShardingContext], state_shardings: Any,
+                  use_ptx: bool) -> Callable:
+  """`iteration` (from `make_ppo_iteration`) jitted like `stages.jit.jit_step`: the state
+  donated, shardings from the rules, the nested {"prompts", "ptx"} batch split along its
+  leading axes, compiled with `xla_options`. Call the result at top level only."""
+  if ctx is None:
+    return xla_options.jit(iteration, donate_argnums=(0,))
+  batch_sh = {"prompts": {k: ctx.batch_sharding(2) for k in PROMPT_KEYS}}
+  if use_ptx:
+    batch_sh["ptx"] = {k: ctx.batch_sharding(2) for k in LM_KEYS}
+  return xla_options.jit(iteration, in_shardings=(state_shardings, batch_sh, ctx.replicated()),
+                         out_shardings=(state_shardings, ctx.replicated()), donate_argnums=(0,))

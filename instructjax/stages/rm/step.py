@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from instructjax.models import DecoderLM
@@ -102,42 +101,3 @@ def make_rm_eval_step(model: DecoderLM) -> Callable:
     return {"loss": loss, "num_prompts": m["num_prompts"], "scores": scores,
             "k_mask": batch["k_mask"], "same": same}
   return evaluate
-
-
-def pairwise_agreement(scores: np.ndarray, k_mask: np.ndarray, tie_credit: float = 0.0,
-                       ties: Optional[np.ndarray] = None,
-                       pairs: Optional[np.ndarray] = None) -> dict[str, float]:
-  """How often `scores` order the pairs of best-first slots as the slots are ordered.
-
-  Args:
-    scores: [N, K] a score per slot (higher = better); slot i is ranked above slot j if i < j.
-    k_mask: [N, K] bool, valid slots.
-    tie_credit: credit for a tied pair (0: counted wrong, as in the training metrics; 0.5: a
-      coin flip, the fair value for a judge that cannot separate the two).
-    ties: optional [N, K, K] bool, pairs that count as tied whatever the scores (identical
-      responses: no judge can order them, the labeler's order is a coin flip).
-    pairs: optional [N, K, K] bool, the only pairs to count.
-
-  Returns:
-    pair_accuracy (over all pairs), prompt_accuracy (per-prompt mean, then mean over prompts
-    with a pair, the loss's weighting), num_pairs, num_prompts.
-  """
-  s = np.where(k_mask, np.asarray(scores, np.float64), 0.0)
-  k = s.shape[1]
-  upper = np.triu(np.ones((k, k), bool), 1)  # i < j: slot i is the better one.
-  pair = k_mask[:, :, None] & k_mask[:, None, :] & upper  # [N, K, K]
-  if pairs is not None:
-    pair &= pairs
-  diff = s[:, :, None] - s[:, None, :]
-  tied = diff == 0 if ties is None else (diff == 0) | ties
-  credit = np.where(tied, tie_credit, (diff > 0).astype(np.float64))
-  per_prompt_pairs = pair.sum(axis=(1, 2))
-  has = per_prompt_pairs > 0
-  right = (credit * pair).sum(axis=(1, 2))
-  total = int(per_prompt_pairs.sum())
-  return {
-      "pair_accuracy": float(right.sum() / max(total, 1)),
-      "prompt_accuracy": float((right[has] / per_prompt_pairs[has]).mean()) if has.any() else 0.0,
-      "num_pairs": total,
-      "num_prompts": int(has.sum()),
-  }
