@@ -65,6 +65,8 @@ def get_config(arg=None):
       ppo.train.num_steps = 40
       ppo.train.eval_every = ppo.train.save_every = 20
       ppo.ppo.eval_prompts = 128
+  # Each reward model's normalisation samples are drawn as the PPO stages that use it sample
+  # (instructjax/recipe/run.py sets rm.norm_temperature / norm_max_new_tokens from them).
   c.skip_stages = ()  # e.g. ("rm_group", "ppo_group") to leave out the group-aware runs.
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=200, max_new_tokens=32, temperature=0.0, few_shot_k=2, batch_size=64,

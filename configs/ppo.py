@@ -70,15 +70,11 @@ def get_config(arg=None):
     c.value_optim = config_lib.optim_config(lr=1e-4, warmup_steps=10, decay="constant",
                                             weight_decay=0.0)
     # max_new_tokens=32: the longest gold answer (29 characters) fits without the courtesy
-    # prefix; 98% of the tiny SFT policy's held-out samples end with EOS within it.
-    # ptx_coef=0.2: the tiny SFT model has forgotten much of its pretraining (held-out LM loss
-    # ~0.7 -> ~2.5), so even a small ptx term pulls it back; larger values mostly trade RM
-    # score and KL for pretraining loss.
-    # KL coefficient 0.15: at 0.05 PPO exploits the tiny reward model, which judges style far
-    # better than correctness (measured in the pipeline: correctness 0.69 -> 0.64, and on a
-    # second seed the group-conditioned run collapsed to 0.31 at KL 5-6; at 0.15 correctness
-    # stays near SFT's on seed 0 (0.73 -> 0.71). Seed 1 is still exploited (0.67 -> 0.53, and
-    # 0.51 at 0.2): see README "Results of the main job").
+    # prefix. ptx_coef=0.2: the tiny SFT model forgets much of its pretraining, so a small ptx
+    # term already pulls the held-out pretraining loss back; larger values trade RM score and
+    # KL for it. KL coefficient 0.15: lower values let PPO exploit the tiny reward model's
+    # blind spots (it judges style better than correctness). README "Results of the main job"
+    # has the measurements behind these choices.
     c.ppo = ppo_settings(rollout_batch_size=32, minibatch_size=8, epochs=2, max_new_tokens=32,
                          ptx_coef=0.2, ptx_batch_size=16, kl=kl_config(0.15, True, 2.0, 1000.0),
                          eval_prompts=256)

@@ -17,6 +17,9 @@ def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_sampl
       normalize=normalize,  # "bias": SFT samples score 0 on average; "gain_bias": and std 1.
       norm_prompts=norm_prompts,  # "train" (RM prompts) or "heldout" prompts for those samples.
       norm_samples=norm_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+      # The normalisation samples should be drawn as PPO samples (its ppo.temperature and
+      # ppo.max_new_tokens); -1 / 0: as the comparison samples above.
+      norm_temperature=-1.0, norm_max_new_tokens=0,
       sample_batch_size=sample_batch_size))
 
 
@@ -40,7 +43,6 @@ def get_config(arg=None):
     # few widths are compiled.
     c.data.packed_len = 448
     c.data.pack_bucket = 64
-    # Measured (static): lr 1e-3 beats 3e-4 and 2e-3; 300 steps or more comparisons gain ~0.
     c.train = config_lib.train_config(batch_size=16, num_steps=a.steps or 200, log_every=25,
                                       eval_every=100, eval_batches=4, save_every=100)
     c.optim = config_lib.optim_config(lr=1e-3, warmup_steps=20, weight_decay=0.0)

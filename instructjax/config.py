@@ -44,14 +44,20 @@ def optim_config(lr: float = 1e-3, warmup_steps: int = 50, decay: str = "cosine"
 
 def train_config(batch_size: int, num_steps: int, log_every: int = 10, eval_every: int = 100,
                  eval_batches: int = 4, save_every: int = 200, max_to_keep: int = 2,
-                 keep_best_metric: str = "", on_nonfinite: str = "raise",
-                 stop_after: int = 0) -> ml_collections.ConfigDict:
+                 keep_best_metric: str = "", keep_best_mode: str = "auto",
+                 on_nonfinite: str = "raise", stop_after: int = 0,
+                 allow_early_end: bool = False) -> ml_collections.ConfigDict:
   """stop_after > 0 ends this invocation at that step (time-sliced or preemptible jobs); the
-  learning-rate schedule still follows num_steps, and re-running resumes."""
+  learning-rate schedule still follows num_steps, and re-running resumes. A stage that stops
+  before num_steps writes a checkpoint but no final model, unless the data ran out and
+  allow_early_end is set. keep_best_metric: an evaluation metric whose best checkpoints are
+  kept besides the latest ones; keep_best_mode "auto" minimises losses and KLs, maximises the
+  rest (stages/runner.py)."""
   return ml_collections.ConfigDict(dict(
       batch_size=batch_size, num_steps=num_steps, log_every=log_every, eval_every=eval_every,
       eval_batches=eval_batches, save_every=save_every, max_to_keep=max_to_keep,
-      keep_best_metric=keep_best_metric, on_nonfinite=on_nonfinite, stop_after=stop_after))
+      keep_best_metric=keep_best_metric, keep_best_mode=keep_best_mode,
+      on_nonfinite=on_nonfinite, stop_after=stop_after, allow_early_end=allow_early_end))
 
 
 def to_model_config(model_cfg, prefix: str = "model"):
@@ -107,7 +113,24 @@ def validate_common(config, num_devices: int, model_prefixes=("model",)) -> tupl
   for key in ("num_steps", "log_every", "eval_every", "save_every"):
     if config.train[key] <= 0:
       raise ConfigError(f"config.train.{key}: must be positive, got {config.train[key]}")
+  for key in ("optim", "value_optim"):
+    if key in config:
+      validate_optim(config[key], key)
   return mesh_shape
+
+
+def validate_optim(optim, prefix: str = "optim") -> None:
+  """The optimizer settings make_optimizer needs, checked before anything is loaded."""
+  from instructjax.training.optim import DECAYS
+  if optim.lr <= 0:
+    raise ConfigError(f"config.{prefix}.lr: must be positive, got {optim.lr}")
+  if optim.decay not in DECAYS:
+    raise ConfigError(f"config.{prefix}.decay: {optim.decay!r} is not one of {DECAYS}")
+  if optim.warmup_steps < 0:
+    raise ConfigError(f"config.{prefix}.warmup_steps: must be >= 0, got {optim.warmup_steps}")
+  if optim.grad_accum_steps < 1:
+    raise ConfigError(f"config.{prefix}.grad_accum_steps: must be >= 1, got "
+                      f"{optim.grad_accum_steps}")
 
 
 def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
@@ -135,5 +158,8 @@ def data_config(seq_len: int, pack: bool, source: str = "instructworld",
   world = dataclasses.asdict(WorldConfig(**world_overrides))
   return ml_collections.ConfigDict(dict(
       source=source, world=world, seq_len=seq_len, pack=pack, on_error="raise", adapter="",
+      # add_bos: the tokenizer's BOS before every sequence (instructjax/data/SCHEMAS.md);
+      # truncate: cut what does not fit seq_len (False: such a record is an error).
+      add_bos=False, truncate=True,
       train_path="", eval_path="", tfds_name="", tfds_data_dir="", train_split="train",
       eval_split="validation"))

@@ -18,6 +18,11 @@ _T = TypeVar("_T")
 
 # Reasons used across the package (the `reason` of a DataError), so counts can be grepped.
 REASONS = (
+    "missing_file",  # A data path that does not exist.
+    "not_a_file",  # A data path that is a directory.
+    "bad_gzip",  # A .gz file that is not gzip.
+    "unreadable",  # A file that cannot be read to its end (truncated gzip, I/O error).
+    "not_utf8",  # A JSONL line that is not UTF-8.
     "malformed_json",  # A JSONL line is not valid JSON.
     "not_an_object",  # A JSONL line is valid JSON but not an object.
     "missing_field",  # A required field is absent.
@@ -31,6 +36,7 @@ REASONS = (
     "bad_dialogue",  # A chat or Anthropic-HH dialogue that cannot be split.
     "encode_error",  # The tokenizer rejected the text.
     "too_long",  # Longer than the model allows and truncation is disabled.
+    "no_records",  # Nothing valid left in a source.
 )
 
 
@@ -129,3 +135,8 @@ def log_report(report: DataReport, logger: logging.Logger | None = None) -> None
   logger = logger or logging.getLogger("instructjax.data")
   level = logging.WARNING if report.num_skipped else logging.INFO
   logger.log(level, "%s", report.summary())
+  cut = max(report.truncated_prompts, report.truncated_responses)
+  if report.num_kept and cut > report.num_kept // 2:
+    logger.warning("%s: %d of %d records were truncated to fit: the model would mostly see cut "
+                   "text. Raise config.data.seq_len (or set config.data.truncate=False to "
+                   "refuse records that do not fit).", report.source, cut, report.num_kept)

@@ -49,14 +49,46 @@ def source_name(source: Source) -> str:
   return "records"
 
 
+class Undecodable(str):
+  """A JSONL line that is not UTF-8; `to_mapping` reports it as a bad record (so it is skipped
+  or raised like any other, by `on_error`)."""
+
+
+def _open_jsonl(path: str):
+  """The file opened for reading in binary, or a DataError naming the path and what is wrong
+  (missing, a directory, a .gz that is not gzip)."""
+  if not os.path.exists(path):
+    raise DataError(path, "missing_file", "no such file")
+  if os.path.isdir(path):
+    raise DataError(path, "not_a_file", "is a directory, not a JSONL file")
+  if path.endswith(".gz"):
+    with open(path, "rb") as f:
+      magic = f.read(2)
+    if magic and magic != b"\x1f\x8b":
+      raise DataError(path, "bad_gzip", "is named .gz but is not gzip-compressed (rename it "
+                      "without .gz, or compress it with gzip)")
+    return gzip.open(path, "rb")
+  return open(path, "rb")
+
+
 def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[str, str]]:
-  """Yields ("path:line", text) for each non-blank line of a JSONL (optionally .gz) file."""
+  """Yields ("path:line", text) for each non-blank line of a JSONL (optionally .gz) file; a
+  line that is not UTF-8 comes as an `Undecodable` naming the byte."""
   path = os.fspath(path)
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
-      if line.strip():
-        yield f"{path}:{line_no}", line
+  try:
+    with _open_jsonl(path) as f:
+      for line_no, raw in enumerate(f, start=1):
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          yield f"{path}:{line_no}", Undecodable(
+              f"byte {e.start} ({raw[e.start:e.start + 1]!r}) is not UTF-8; JSONL files must "
+              "be UTF-8")
+          continue
+        if line.strip():
+          yield f"{path}:{line_no}", line
+  except (OSError, EOFError) as e:  # A truncated gzip stream, a read error.
+    raise DataError(path, "unreadable", f"cannot be read: {e}") from None
 
 
 def iter_raw(source: Source, name: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -79,6 +111,8 @@ def iter_raw(source: Source, name: str | None = None) -> Iterator[tuple[str, Any
 
 def to_mapping(where: str, raw: Any) -> Mapping[str, Any]:
   """Parses a JSONL line (or passes a mapping through); DataError if it is not a JSON object."""
+  if isinstance(raw, Undecodable):
+    raise DataError(where, "not_utf8", str(raw))
   if isinstance(raw, str):
     try:
       raw = json.loads(raw)

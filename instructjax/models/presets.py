@@ -9,10 +9,8 @@ _PRESETS: dict[str, dict] = {
     "test": dict(family="llama", vocab_size=96, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                  d_ff=64, max_seq_len=64),
     # InstructWorld on a 2-core CPU (vocab set from the tokenizer by the stage configs).
-    # Layers unrolled: at 4 layers that compiles as fast as the scan, and on CPU the train
-    # steps run ~11% faster (LM step [32, 128]; the scan stacks every layer's residuals),
-    # forward-only passes ~10% slower; net: pretrain/SFT/RM faster, a PPO iteration about
-    # even (experiments/benchmark.py).
+    # Layers unrolled: at 4 layers that compiles as fast as the scan, and the CPU train steps
+    # run faster without the scan's stacked residuals (README "Performance").
     "tiny": dict(family="llama", vocab_size=74, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
                  d_ff=384, max_seq_len=128, scan_layers=False),
     "tiny-gpt2": dict(family="gpt2", vocab_size=74, d_model=128, n_layers=4, n_heads=4,

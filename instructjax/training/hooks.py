@@ -1,7 +1,8 @@
 """Host-side logic the training loop runs around each jitted step.
 
-Stages plug in what does not belong in the pure step: PPO's adaptive KL controller (read the
-step's KL, update the coefficient, feed it into the next batch), counters, custom logging.
+What does not belong in the pure step plugs in here: counters, custom logging, a curriculum
+that changes the next batch. (State the step itself needs, such as PPO's KL controller, lives
+in the train state instead, so it is jitted and checkpointed with it.)
 Anything a hook must remember across a restart lives either in its own `get_state()`/`set_state()`
 (saved under the hook's `name`) or in `ctx.extra`, the loop's checkpointed host dict.
 """
@@ -46,7 +47,7 @@ class Hook:
 
   `metrics` given to `after_step` are the step's device arrays; converting one to a Python number
   (`float(m["kl"])`) waits for the step to finish, so do it only when the logic needs the value
-  (PPO's KL controller does, every iteration; most hooks only at `ctx.is_log_step(step)`).
+  (most hooks only at `ctx.is_log_step(step)`).
   """
 
   # Key of this hook's `get_state()` in the checkpoint; hooks without a name are not saved.
