@@ -124,6 +124,7 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
   models = make_models(root)
   ref_dir = os.path.join(root, stage, "reference")
   shutil.rmtree(ref_dir, ignore_errors=True)
+  os.makedirs(os.path.dirname(ref_dir), exist_ok=True)
   status, ref_s, _ = run(stage_command(stage, ref_dir, models), ref_dir + ".log")
   if status != 0:
     raise RuntimeError(f"reference {stage} run failed: see {ref_dir}.log")
@@ -135,8 +136,9 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
     at = rng.uniform(0.2, 1.0) * ref_s
     cmd = stage_command(stage, workdir, models)
     _, _, killed = run(cmd, workdir + ".log", kill_after=at)
-    checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-                         if d.isdigit()) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    checkpoints = sorted(int(d) for d in os.listdir(ckpt_dir)
+                         if d.isdigit()) if os.path.isdir(ckpt_dir) else []
     status, _, _ = run(cmd, workdir + ".log")
     same = status == 0 and params_bytes(os.path.join(workdir, "model")) == reference
     rows.append({"stage": stage, "trial": trial, "kill_at_s": round(at, 2), "killed": killed,

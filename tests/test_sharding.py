@@ -1,6 +1,5 @@
 """Every rule preset: sharded forward and gradient equal the single-device ones, and the
 parameters are really split as the rules say. Runs on 8 host CPU devices (tests/conftest.py)."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -2,8 +2,8 @@
 
 Each benchmark builds its inputs (random weights and tokens: speed does not depend on the
 values), compiles the very function the stage runs (`make_lm_train_step` + `jit_step`,
-`make_rm_train_step`, the KV-cache sampler, `ppo_update`, `stages.ppo.jit_iteration` of `make_ppo_iteration`),
-times it after warm-up and returns a plain dict for JSON. Rollouts run with EOS disabled (an
+`make_rm_train_step`, the KV-cache sampler, `ppo_update`, `stages.ppo.jit_iteration` of
+`make_ppo_iteration`), times it after warm-up and returns a plain dict for JSON. Rollouts run with EOS disabled (an
 id outside the vocabulary), so every row generates exactly `new_tokens` tokens and the work is
 the same from run to run.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -21,8 +21,8 @@ from instructjax.training.nonfinite import (
 )
 
 __all__ = [
-    "CallableHook", "CheckpointConfig", "CheckpointError", "Checkpointer", "Hook", "LoopContext", "LoopSummary",
-    "MetricsWriter", "NonFiniteError", "NonfiniteTracker", "Restored", "SKIPPED", "abstract_like",
+    "CallableHook", "CheckpointConfig", "CheckpointError", "Checkpointer", "Hook", "LoopContext",
+    "LoopSummary", "MetricsWriter", "NonFiniteError", "NonfiniteTracker", "Restored", "SKIPPED", "abstract_like",
     "checkpoint_dir", "guard_nonfinite", "load_checkpoint_tokenizer", "read_metrics",
     "read_model_config", "run_loop", "tokenizer_dir", "write_checkpoint_assets",
 ]

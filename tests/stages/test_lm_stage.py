@@ -1,6 +1,5 @@
 """Pretrain -> SFT through the stage driver on a very small InstructWorld, and bitwise resume."""
 import importlib.util
-import json
 import os
 
 import jax

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from instructjax.models import DecoderLM
