@@ -107,6 +107,14 @@ class DataReport:
       lines.append(f"  skipped {count} x {reason}, e.g. {self.skip_examples.get(reason, [])[:1]}")
     return "\n".join(lines)
 
+  def nothing_left(self, what: str) -> "DataError":
+    """The error for a source that yielded no usable record."""
+    if self.num_read == 0:
+      return DataError(self.source or "data", "no_records", "has no records")
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+    return DataError(self.source or "data", "no_records",
+                     f"no valid {what} left of {self.num_read} records (skipped: {reasons})")
+
   def to_dict(self) -> dict:
     return {"source": self.source, "num_read": self.num_read, "num_kept": self.num_kept,
             "skipped": dict(self.skipped), "truncated_prompts": self.truncated_prompts,

@@ -41,7 +41,7 @@ from instructjax.data import batching
 from instructjax.data.adapters import Adapter
 from instructjax.data.encode import (EncodeConfig, encode_comparison, encode_lm_records,
                                      encode_prompt)
-from instructjax.data.errors import DataError, DataReport, OnError, guarded, log_report
+from instructjax.data.errors import DataReport, OnError, guarded, log_report
 from instructjax.data.loading import load_records
 from instructjax.data.sources import Source
 
@@ -191,7 +191,7 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
   if log:
     log_report(report)
   if not examples:
-    raise DataError(report.source, "no_records", f"no valid examples left: {report.summary()}")
+    raise report.nothing_left("examples")
   shard_index, shard_count = resolve_shard(shard_index, shard_count)
   pad = tokenizer.pad_id
   ds = index_dataset(examples, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
@@ -246,7 +246,7 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
                      truncate=truncate)
   parsed, report = load_records(records, "comparisons", adapter=adapter, on_error=on_error)
   if not parsed:
-    raise DataError(report.source, "no_records", f"no valid comparisons: {report.summary()}")
+    raise report.nothing_left("comparisons")
   k_max = max_responses or max(len(c.responses) for c in parsed)
   if k_max < 2:
     raise ValueError(f"max_responses must be >= 2, got {k_max}")
@@ -301,7 +301,7 @@ def _encode_all(parsed: Sequence[Any], encoder: Callable[[int, Any], Callable[[]
   if log:
     log_report(report)
   if not examples:
-    raise DataError(report.source, "no_records", f"no valid {what} left: {report.summary()}")
+    raise report.nothing_left(what)
   return examples
 
 
