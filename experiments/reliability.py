@@ -17,6 +17,7 @@ Writes <output>/reliability.json and prints a markdown table.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -40,6 +41,7 @@ _OUTPUT = flags.DEFINE_string("output", "/tmp/instructjax_reliability", "where r
 
 SMALL_MODEL = {"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2,
                "model.n_kv_heads": 1, "model.d_ff": 64}
+STEPS = 10  # Per stage run, a checkpoint at each.
 LOOP = {"train.batch_size": 8, "train.log_every": 1, "train.save_every": 1,
         "train.eval_batches": 1, "mesh.data": 1}
 
@@ -97,14 +99,22 @@ def make_models(root: str) -> dict:
 
 
 def run(cmd: list[str], log: str, kill_after: Optional[float] = None,
-        signum: int = signal.SIGKILL) -> tuple[int, float, bool]:
-  """(exit status, seconds, whether it was killed) of `cmd`, killed after `kill_after` s."""
+        kill_when: Optional[str] = None, signum: int = signal.SIGKILL) -> tuple[int, float, bool]:
+  """(exit status, seconds, whether it was killed) of `cmd`: killed `kill_after` seconds after
+  it started, or after a path matching the glob `kill_when` appears when that is given."""
   t0 = time.time()
   with open(log, "a") as f:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=cpu_env(), stdout=f, stderr=subprocess.STDOUT)
+    if kill_when is not None:
+      while proc.poll() is None and not glob.glob(kill_when):
+        time.sleep(0.01)
+      start = time.time()
+    else:
+      start = t0
     killed = False
     try:
-      proc.wait(timeout=kill_after)
+      proc.wait(timeout=max(0.0, start + (kill_after or 0.0) - time.time())
+                if kill_after is not None else None)
     except subprocess.TimeoutExpired:
       proc.send_signal(signum)
       killed = True
@@ -125,7 +135,7 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
   ref_dir = os.path.join(root, stage, "reference")
   shutil.rmtree(ref_dir, ignore_errors=True)
   os.makedirs(os.path.dirname(ref_dir), exist_ok=True)
-  status, ref_s, _ = run(stage_command(stage, ref_dir, models), ref_dir + ".log")
+  status, ref_s, _ = run(stage_command(stage, ref_dir, models, STEPS), ref_dir + ".log")
   if status != 0:
     raise RuntimeError(f"reference {stage} run failed: see {ref_dir}.log")
   reference = params_bytes(os.path.join(ref_dir, "model"))
@@ -133,16 +143,23 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
   for trial in range(trials):
     workdir = os.path.join(root, stage, f"trial{trial}")
     shutil.rmtree(workdir, ignore_errors=True)
-    at = rng.uniform(0.2, 1.0) * ref_s
-    cmd = stage_command(stage, workdir, models)
-    _, _, killed = run(cmd, workdir + ".log", kill_after=at)
+    cmd = stage_command(stage, workdir, models, STEPS)
+    if trial % 2 == 0:  # Any moment: loading, compiling, training, saving, writing the model.
+      when, at = None, rng.uniform(0.2, 1.0) * ref_s
+    else:  # Within 0.3 s of a checkpoint directory appearing: during an orbax save.
+      step = rng.randint(1, STEPS - 1)
+      # Orbax writes a step under a temporary name and renames it on commit: either counts.
+      when, at = os.path.join(workdir, "checkpoints", f"{step}*"), rng.uniform(0.0, 0.3)
+    _, _, killed = run(cmd, workdir + ".log", kill_after=at, kill_when=when)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     checkpoints = sorted(int(d) for d in os.listdir(ckpt_dir)
                          if d.isdigit()) if os.path.isdir(ckpt_dir) else []
     status, _, _ = run(cmd, workdir + ".log")
     same = status == 0 and params_bytes(os.path.join(workdir, "model")) == reference
-    rows.append({"stage": stage, "trial": trial, "kill_at_s": round(at, 2), "killed": killed,
-                 "checkpoints_at_kill": checkpoints, "resume_status": status,
+    rows.append({"stage": stage, "trial": trial,
+                 "kill": (f"{at:.2f} s after start" if when is None
+                          else f"{at:.2f} s after checkpoint {step} started"),
+                 "killed": killed, "checkpoints_at_kill": checkpoints, "resume_status": status,
                  "bitwise_equal": same})
     print(rows[-1], flush=True)
   return rows
@@ -212,10 +229,10 @@ def main(argv):
   rng = random.Random(_SEED.value)
   if _MODE.value == "kill":
     rows = [r for s in _STAGES.value for r in kill_trials(s, _TRIALS.value, _OUTPUT.value, rng)]
-    print("\n| stage | trial | killed at (s) | checkpoints at the kill | resumed bitwise |")
+    print("\n| stage | trial | SIGKILL | checkpoints on disk then | resumed bitwise |")
     print("|---|---|---|---|---|")
     for r in rows:
-      print(f"| {r['stage']} | {r['trial']} | {r['kill_at_s']} | {r['checkpoints_at_kill']} | "
+      print(f"| {r['stage']} | {r['trial']} | {r['kill']} | {r['checkpoints_at_kill']} | "
             f"{'yes' if r['bitwise_equal'] else 'NO'} |")
   else:
     rows = signal_trials(_OUTPUT.value)
