@@ -30,6 +30,10 @@ Metric definitions (each row is one model on one prompt condition):
                             documents (the alignment tax), one value per model.
   length_chars              mean response length in CHARACTERS (prefix included, EOS not).
   courtesy_share            share of responses that start with `sure! `.
+  hallucination_rate        share of responses whose content holds a token that is not in the
+                            prompt's argument (closed-domain hallucination, the spec's
+                            definition: `instructjax.world.hallucination`); unfinished
+                            responses count with the text they produced.
   finished_share            share of responses that ended (EOS; or newline for few-shot).
 Group-conditioned rows (condition = a group) use prompts in the `(group) prompt` form for every
 model, the reference included; read their win rate for that group.
@@ -51,7 +55,7 @@ from instructjax.generation import SamplingConfig, generate_texts
 from instructjax.stages.lm import LM_KEYS, make_lm_eval_step
 from instructjax.world import (GROUPS, condition_on_group, correctness, cut_response,
                                draw_exemplars, exact_match, few_shot_prompt, gold_answer,
-                               has_courtesy_prefix, split_group, utility)
+                               hallucinates, has_courtesy_prefix, split_group, utility)
 
 _log = logging.getLogger(__name__)
 
@@ -210,7 +214,8 @@ def pairwise_wins(texts: Sequence[str], finished: Sequence[bool], ref_texts: Seq
 def score_responses(responses: Responses, reference: Optional[Responses] = None,
                     groups: Sequence[str] = GROUPS) -> dict[str, np.ndarray]:
   """Per-prompt judgements: correctness, exact_match, finished, length_chars, courtesy,
-  utility_<g> for each group, and win_<g> against `reference` (same prompts) when given."""
+  hallucination, utility_<g> for each group, and win_<g> against `reference` (same prompts)
+  when given."""
   golds = [_gold(p) for p in responses.prompts]
   texts, fin = responses.texts, responses.finished
   scores = {
@@ -220,6 +225,8 @@ def score_responses(responses: Responses, reference: Optional[Responses] = None,
       "finished": np.array(fin, np.float64),
       "length_chars": np.array([len(t) for t in texts], np.float64),
       "courtesy": np.array([has_courtesy_prefix(t) for t in texts], np.float64),
+      "hallucination": np.array([hallucinates(p, t) for p, t in zip(responses.prompts, texts)],
+                                np.float64),
   }
   for g in groups:
     scores[f"utility_{g}"] = np.array([utility(g, t, f, gold)
@@ -348,7 +355,8 @@ def summarize(scores: dict[str, np.ndarray], groups: Sequence[str] = GROUPS) -> 
   """Per-prompt scores (score_responses, plus optional "reward" and "kl") -> the row's means.
 
   Keys: correctness, exact_match, win_rate_<g>, reward_score, kl_to_sft, length_chars,
-  courtesy_share, finished_share, num_prompts; None where the score was not computed.
+  courtesy_share, hallucination_rate, finished_share, num_prompts; None where the score was
+  not computed.
   """
   row: dict[str, Any] = {
       "correctness": _mean(scores["correctness"]),
@@ -361,6 +369,7 @@ def summarize(scores: dict[str, np.ndarray], groups: Sequence[str] = GROUPS) -> 
       "kl_to_sft": _mean(scores.get("kl")),
       "length_chars": _mean(scores["length_chars"]),
       "courtesy_share": _mean(scores["courtesy"]),
+      "hallucination_rate": _mean(scores.get("hallucination")),
       "finished_share": _mean(scores["finished"]),
       "num_prompts": int(len(scores["correctness"])),
   })

@@ -6,10 +6,12 @@ Files:
   results.md       one row per (model, prompt condition), the columns of `COLUMNS`
   results.json     the `evaluate_models` dict as is (settings, rows, samples)
   comparison.png   grouped bars: correctness, exact match, win rate per group, courtesy share,
-                   finished share; and one panel each for RM score, KL to SFT, held-out LM loss
-  curves.png       (with `curves`) PPO training curves of score, KL and ptx loss against step,
-                   read from each workdir's metrics.jsonl (train split); a key no workdir logged
-                   gets an empty panel that says so
+                   hallucination rate, finished share; and one panel each for RM score, KL to SFT, held-out LM loss
+  curves.png       (with `curves`) PPO training curves of score, KL and ptx loss against step
+                   (train split of each workdir's metrics.jsonl) and, below, the held-out
+                   evaluations (eval split: RM score, gold correctness, hallucination rate,
+                   pretraining loss; step 0 is the SFT policy); a key no workdir logged gets an
+                   empty panel that says so
 Plots are drawn on matplotlib `Figure`s saved by its Agg canvas, never through pyplot, so no
 display is needed and the caller's global backend is left alone (matplotlib is imported only
 when a plot is drawn).
@@ -40,6 +42,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("heldout_lm_loss", "held-out LM loss"),
     ("length_chars", "length (chars)"),
     ("courtesy_share", "`sure! ` share"),
+    ("hallucination_rate", "hallucination rate"),
     ("finished_share", "finished"),
     ("num_prompts", "n"),
 )
@@ -49,6 +52,7 @@ SHARE_METRICS: tuple[tuple[str, str], ...] = (
     ("exact_match", "exact match"),
     *((f"win_rate_{g}", f"win ({g})") for g in GROUPS),
     ("courtesy_share", "sure! share"),
+    ("hallucination_rate", "hallucination"),
     ("finished_share", "finished"),
 )
 # Metrics on their own scales, one panel each.
@@ -61,6 +65,13 @@ CURVE_KEYS: tuple[tuple[str, str], ...] = (
     ("score", "RM score"),
     ("kl", "KL to SFT"),
     ("ptx_loss", "ptx loss"),
+)
+# Held-out evaluations during PPO (split "eval"; step 0 is the SFT policy).
+EVAL_CURVE_KEYS: tuple[tuple[str, str], ...] = (
+    ("score", "held-out RM score"),
+    ("correctness", "held-out gold correctness"),
+    ("hallucination_rate", "held-out hallucination rate"),
+    ("pretrain_heldout_loss", "held-out pretraining loss"),
 )
 
 
@@ -98,7 +109,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
       "to / below that of the SFT response. KL: mean over prompts of log pi(y|x) - "
       "log pi_sft(y|x) on the model's own responses at temperature 1 (a KL estimate only for "
       "temperature-1 samples; on greedy responses the log-ratio of the chosen tokens). Length "
-      "in characters. Few-shot rows show the mean number of exemplars used (k).", ""]
+      "in characters. Hallucination rate: share of responses whose content (after one `sure! `) "
+      "holds a whitespace-separated token that is neither one of the prompt's argument tokens "
+      "nor the upper-case form of one (closed-domain hallucination). Few-shot rows show the "
+      "mean number of exemplars used (k).", ""]
   return "\n".join(parts)
 
 
@@ -140,41 +154,63 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+def _points(records: Sequence[Mapping[str, Any]], key: str) -> Optional[tuple[list, list]]:
+  by_step = {}  # The last record of a step wins (a resumed run may log a step again).
+  for r in records:
+    if r.get(key) is not None and r.get("step") is not None:
+      by_step[int(r["step"])] = float(r[key])
+  if not by_step:
+    return None
+  steps = sorted(by_step)
+  return steps, [by_step[s] for s in steps]
+
+
 def read_curves(workdirs: Mapping[str, str]) -> dict[str, dict[str, tuple[list, list]]]:
-  """{run name: {curve key: (steps, values)}} from each workdir's train-split metrics.
+  """{run name: {curve key: (steps, values)}} from each workdir's metrics: CURVE_KEYS from the
+  train split, EVAL_CURVE_KEYS from the eval split as "eval/<key>".
 
   Records missing a key (or its step) are skipped, so partial logs still plot.
   """
   out = {}
   for name, workdir in workdirs.items():
-    records = read_metrics(workdir, split="train")
     curves = {}
-    for key, _ in CURVE_KEYS:
-      pts = [(r["step"], r[key]) for r in records
-             if r.get(key) is not None and r.get("step") is not None]
-      if pts:
-        curves[key] = ([p[0] for p in pts], [float(p[1]) for p in pts])
+    for split, keys, prefix in (("train", CURVE_KEYS, ""), ("eval", EVAL_CURVE_KEYS, "eval/")):
+      records = read_metrics(workdir, split=split)
+      for key, _ in keys:
+        pts = _points(records, key)
+        if pts:
+          curves[prefix + key] = pts
     out[name] = curves
   return out
 
 
 def plot_curves(curves: Mapping[str, Mapping[str, tuple[list, list]]], path: str) -> None:
-  """One panel per CURVE_KEYS entry, one line per run."""
+  """Top row: one panel per CURVE_KEYS entry (training); bottom row: one per EVAL_CURVE_KEYS
+  entry (held-out evaluations); one line per run."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  # Lazy: heavy.
-  fig = Figure(figsize=(5.0 * len(CURVE_KEYS), 4.0))
-  axes = fig.subplots(1, len(CURVE_KEYS))
-  for ax, (key, title) in zip(axes, CURVE_KEYS):
+  cols = max(len(CURVE_KEYS), len(EVAL_CURVE_KEYS))
+  fig = Figure(figsize=(4.5 * cols, 7.6))
+  axes = fig.subplots(2, cols)
+  panels = [(axes[0][i], key, f"{title} (training)") for i, (key, title) in enumerate(CURVE_KEYS)]
+  panels += [(axes[1][i], "eval/" + key, title) for i, (key, title) in enumerate(EVAL_CURVE_KEYS)]
+  used = {id(ax) for ax, _, _ in panels}
+  for row in axes:
+    for ax in row:
+      if id(ax) not in used:
+        ax.set_axis_off()
+  for ax, key, title in panels:
     drawn = False
     for name, runs in curves.items():
       if key in runs:
-        ax.plot(*runs[key], label=name)
+        ax.plot(*runs[key], label=name, marker="o" if key.startswith("eval/") else None,
+                markersize=3)
         drawn = True
     if drawn:
       ax.legend(fontsize=8)
     else:
       ax.text(0.5, 0.5, f"no {key!r} logged", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step")
-    ax.set_title(title)
+    ax.set_xlabel("PPO iteration")
+    ax.set_title(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 

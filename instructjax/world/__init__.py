@@ -1,8 +1,9 @@
 """InstructWorld: the small, fully specified world the instructjax recipe runs in.
 
-Prompts and gold answers (prompts), the gold judgement (correctness), labelers (labelers),
-demonstrators (demonstrator), comparisons (comparisons), the pretraining corpus (corpus),
-few-shot prompting (fewshot), held-out partition (partition), splits (splits), JSONL (export);
+Prompts and gold answers (prompts), the gold judgement (correctness), closed-domain
+hallucination (hallucination), labelers (labelers), demonstrators (demonstrator), comparisons
+(comparisons), the pretraining corpus (corpus), few-shot prompting (fewshot), held-out partition
+(partition), splits (splits), JSONL (export);
 the TFDS builder lives in instructjax.data.tfds_world. Everything is deterministic for a seed.
 
     cfg = WorldConfig(seed=0)
@@ -20,6 +21,7 @@ from instructjax.world.demonstrator import Demonstration, demonstrate, demonstra
 from instructjax.world.edits import random_edits
 from instructjax.world.export import export_world, load_split, read_jsonl, write_jsonl
 from instructjax.world.fewshot import cut_response, cut_token_ids, draw_exemplars, few_shot_prompt
+from instructjax.world.hallucination import argument_tokens, hallucinates, made_up_tokens
 from instructjax.world.labelers import (
     GROUP_SHARES, rank_responses, ranking_log_probability, ranking_probability, sample_group,
     sample_ranking, utility)

@@ -34,6 +34,7 @@ def test_score_and_summarize_against_reference():
   np.testing.assert_array_equal(scores["exact_match"], [1, 1, 1, 0])
   np.testing.assert_array_equal(scores["courtesy"], [1, 0, 0, 0])
   np.testing.assert_array_equal(scores["length_chars"], [11, 7, 3, 7])
+  np.testing.assert_array_equal(scores["hallucination"], [0, 0, 0, 0])
   row = summarize({**scores, "kl": np.array([0.0, 1.0, 2.0, 3.0])})
   assert row["correctness"] == pytest.approx(0.75)
   assert row["exact_match"] == pytest.approx(0.75)
@@ -42,6 +43,7 @@ def test_score_and_summarize_against_reference():
   # polite: win (1.2 vs 1.0), win (1.0 vs c("sun") = 3/7), lose (1.0 vs 1.2), lose.
   assert row["win_rate_polite"] == pytest.approx(0.5)
   assert row["courtesy_share"] == pytest.approx(0.25)
+  assert row["hallucination_rate"] == 0.0
   assert row["finished_share"] == pytest.approx(0.75)
   assert row["kl_to_sft"] == pytest.approx(1.5)
   assert row["reward_score"] is None and row["num_prompts"] == 4
@@ -60,3 +62,15 @@ def test_reference_must_answer_the_same_prompts():
   b = Responses(["upper: cat\n"], ["upper: cat\n"], ["CAT"], [True])
   with pytest.raises(ValueError, match="different prompts"):
     score_responses(a, b)
+
+
+def test_hallucination_per_response():
+  # The examples, a count taken from `repeat k:`, an unfinished response judged on its
+  # text, and a group-conditioned prompt.
+  prompts = ["sort: 7 5 9\n", "upper: milk pig rose dog\n", "repeat 3: sun\n",
+             "reverse: cat dog\n", "(polite) sort: 3 1 2\n"]
+  texts = ["sure! 4 7 9", "sure! DOOR PIG DOOR", "sun 3 sun", "dog ca", "sure! 1 2 3"]
+  r = Responses(prompts, prompts, texts, [True, True, True, False, True])
+  scores = score_responses(r)
+  np.testing.assert_array_equal(scores["hallucination"], [1, 1, 1, 1, 0])
+  assert summarize(scores)["hallucination_rate"] == pytest.approx(0.8)

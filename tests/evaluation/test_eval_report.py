@@ -12,7 +12,8 @@ def _row(model, condition="none", **metrics):
   base = {"model": model, "condition": condition, "few_shot": False, "correctness": 0.5,
           "exact_match": 0.25, "win_rate_plain": 0.5, "win_rate_polite": 0.5,
           "reward_score": 0.1, "kl_to_sft": 0.0, "heldout_lm_loss": 1.2, "length_chars": 9.0,
-          "courtesy_share": 0.5, "finished_share": 1.0, "num_prompts": 4}
+          "courtesy_share": 0.5, "hallucination_rate": 0.25, "finished_share": 1.0,
+          "num_prompts": 4}
   return {**base, **metrics}
 
 
@@ -51,6 +52,10 @@ def test_writes_markdown_json_and_pngs(tmp_path):
   table = [line for line in md.splitlines() if line.startswith("|")]
   assert len(table) == 2 + 5  # Header, separator, one line per row.
   assert "win vs SFT (polite)" in table[0] and "KL to SFT" in table[0]
+  assert "hallucination rate" in table[0] and "Hallucination rate:" in md
+  head = [c.strip() for c in table[0].strip("|").split("|")]
+  assert [c.strip() for c in table[3].strip("|").split("|")][head.index("hallucination rate")] == (
+      "0.250")
   assert "| ppo | (polite) |" in md and "base_fewshot (k=1.5)" in md
   cells = [c.strip() for c in table[2].strip("|").split("|")]
   assert cells.count("-") == 4  # base: no win rates (2), RM score, KL.
@@ -58,12 +63,17 @@ def test_writes_markdown_json_and_pngs(tmp_path):
     assert json.load(f)["rows"][3]["kl_to_sft"] == 3.5
 
 
-def test_curves_skip_missing_keys_and_eval_records(tmp_path):
-  _write_metrics(str(tmp_path), [{"step": 1, "split": "train", "score": 1.0},
+def test_curves_skip_missing_keys_and_read_eval_records_apart(tmp_path):
+  _write_metrics(str(tmp_path), [{"step": 0, "split": "eval", "correctness": 0.7},
+                                 {"step": 1, "split": "train", "score": 1.0},
                                  {"step": 2, "split": "train", "kl": 0.3},
-                                 {"step": 3, "split": "eval", "score": 5.0}])
+                                 {"step": 3, "split": "eval", "score": 5.0,
+                                  "correctness": 0.8, "hallucination_rate": 0.1},
+                                 {"step": 3, "split": "eval", "score": 6.0}])  # Logged again.
   curves = read_curves({"run": str(tmp_path)})["run"]
-  assert curves == {"score": ([1], [1.0]), "kl": ([2], [0.3])}
+  assert curves == {"score": ([1], [1.0]), "kl": ([2], [0.3]), "eval/score": ([3], [6.0]),
+                    "eval/correctness": ([0, 3], [0.7, 0.8]),
+                    "eval/hallucination_rate": ([3], [0.1])}
 
 
 def test_no_curves_no_curves_png(tmp_path):

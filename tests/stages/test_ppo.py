@@ -25,7 +25,7 @@ from instructjax.stages.ppo import run as ppo_driver
 from instructjax.stages.lm import lm_loss
 from instructjax.stages.ppo.state import create_ppo_state
 from instructjax.tokenizer import CharTokenizer
-from instructjax.training import NonFiniteError, run_loop
+from instructjax.training import NonFiniteError, read_metrics, run_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 B, P, N, M = 8, 8, 6, 4  # Rollout rows, prompt width, new tokens, minibatch.
@@ -468,9 +468,16 @@ def test_driver_resume_is_bitwise_identical(model_dirs, tmp_path):
   with open(os.path.join(straight, "ppo_results.json")) as f:
     results = json.load(f)
   for ev in (results["sft_eval"], results["final_eval"]):
-    for k in ("score", "kl", "correctness", "pretrain_heldout_loss", "eos_fraction"):
+    for k in ("score", "kl", "correctness", "pretrain_heldout_loss", "eos_fraction",
+              "hallucination_rate"):
       assert np.isfinite(ev[k]), k
+    assert 0 <= ev["hallucination_rate"] <= 1
   assert results["sft_eval"]["kl"] == 0.0
+  # The SFT evaluation is the eval record of step 0, once, also in the resumed workdir.
+  for w in (straight, resumed):
+    evals = read_metrics(w, split="eval")
+    assert [r["step"] for r in evals if r["step"] == 0] == [0]
+    assert evals[0]["correctness"] == results["sft_eval"]["correctness"]
   _, cfg, _, head, meta = load_model(os.path.join(straight, "value_model"))
   assert head == "scalar" and meta["stage"] == "ppo_value"
   assert load_model(os.path.join(straight, "model"))[1].dropout_rate == 0.0

@@ -116,6 +116,15 @@ class PPOBatches:
 
 
 
+def is_world_prompt(prompt: str) -> bool:
+  """An InstructWorld instruction (with or without a group tag)."""
+  try:
+    gold_answer(prompt)
+  except ValueError:
+    return False
+  return True
+
+
 def gold_of(record) -> Optional[str]:
   """The gold answer of a prompt record: its "gold" metadata, else InstructWorld's rule."""
   meta = getattr(record, "metadata", None) or {}

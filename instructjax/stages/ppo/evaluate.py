@@ -1,8 +1,10 @@
 """PPO's held-out evaluation: episodes on fixed prompts (RM score, KL to the SFT policy,
-length, EOS, courtesy prefix, and gold correctness where prompts have gold answers) and the
-held-out pretraining loss, the alignment-tax numbers.
+length, EOS, courtesy prefix, gold correctness where prompts have gold answers, and the
+closed-domain hallucination rate on InstructWorld prompts) and the held-out pretraining loss,
+the alignment-tax numbers.
 
-Gold correctness is reported only: keep-best may not use it (stages/runner.py).
+Gold correctness and hallucination are reported only: keep-best may not use them
+(stages/runner.py), and nothing in training reads them.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ from instructjax.generation import SamplingConfig
 from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages import runner
 from instructjax.stages.lm import make_lm_eval_step
-from instructjax.stages.ppo.data import gold_of
+from instructjax.stages.ppo.data import gold_of, is_world_prompt
 from instructjax.stages.ppo.step import PPOModels, eval_episodes
+from instructjax.training.metrics_writer import MetricsWriter, read_metrics
 from instructjax.world.correctness import correctness, exact_match, has_courtesy_prefix
+from instructjax.world.hallucination import hallucinates
 
 EVAL_METRICS = ("score", "kl", "response_length", "eos_fraction", "courtesy_prefix_fraction",
-                "correctness", "exact_match", "pretrain_heldout_loss")
+                "correctness", "exact_match", "hallucination_rate", "pretrain_heldout_loss")
 
 
 def eval_params(state):
@@ -43,6 +47,8 @@ class Evaluator:
     self.lm_eval = jax.jit(make_lm_eval_step(models.policy))
     self.tokenizer, self.prompt_batches, self.lm_batches = tokenizer, prompt_batches, lm_batches
     self.golds = [gold_of(r) for r in records]
+    # Closed-domain hallucination is defined for InstructWorld prompts only.
+    self.world_prompts = [r.prompt if is_world_prompt(r.prompt) else None for r in records]
     self.key = jax.random.fold_in(jax.random.key(seed), 3)
 
   def __call__(self, policy_params, ref_params, rm_params) -> dict[str, float]:
@@ -55,7 +61,8 @@ class Evaluator:
     return out
 
   def _episodes(self, policy_params, ref_params, rm_params) -> dict[str, float]:
-    cols = {k: [] for k in ("score", "kl", "length", "finished", "correct", "exact", "prefix")}
+    cols = {k: [] for k in ("score", "kl", "length", "finished", "correct", "exact", "prefix",
+                            "hallucination")}
     for i, batch in enumerate(self.prompt_batches):
       m = jax.device_get(self.episodes(policy_params, ref_params, rm_params, batch,
                                        jax.random.fold_in(self.key, i)))
@@ -73,12 +80,16 @@ class Evaluator:
         if gold is not None:
           cols["correct"].append(correctness(text, finished, gold))
           cols["exact"].append(exact_match(text, finished, gold))
+        if self.world_prompts[ex] is not None:
+          cols["hallucination"].append(hallucinates(self.world_prompts[ex], text))
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
     out = {"score": mean(cols["score"]), "kl": mean(cols["kl"]),
            "response_length": mean(cols["length"]), "eos_fraction": mean(cols["finished"]),
            "courtesy_prefix_fraction": mean(cols["prefix"]), "num_prompts": len(cols["score"])}
     if cols["correct"]:
       out.update(correctness=mean(cols["correct"]), exact_match=mean(cols["exact"]))
+    if cols["hallucination"]:
+      out["hallucination_rate"] = mean(cols["hallucination"])
     return out
 
 
@@ -98,3 +109,12 @@ def _jit_episodes(models: PPOModels, sampling: SamplingConfig,
     return jax.jit(fn)
   return jax.jit(fn, out_shardings=ctx.replicated())
 
+
+
+def log_start_eval(workdir: str, sft_eval: dict[str, float]) -> None:
+  """Logs the SFT policy's evaluation as the eval record of step 0 (once per workdir), so the
+  held-out curves start where PPO starts."""
+  if any(r.get("step") == 0 for r in read_metrics(workdir, split="eval")):
+    return
+  with MetricsWriter(workdir) as writer:
+    writer.write(0, sft_eval, "eval")

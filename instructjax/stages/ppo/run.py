@@ -27,7 +27,7 @@ from instructjax.models.heads import scalar_model_from_lm
 from instructjax.stages import runner
 from instructjax.stages.ppo import data
 from instructjax.stages.ppo.checks import check, kl_controller, sampling_config
-from instructjax.stages.ppo.evaluate import EVAL_METRICS, Evaluator, eval_params
+from instructjax.stages.ppo.evaluate import EVAL_METRICS, Evaluator, eval_params, log_start_eval
 from instructjax.stages.ppo.state import create_ppo_state
 from instructjax.stages.ppo.step import PPOConfig, PPOModels, jit_iteration, make_ppo_iteration
 from instructjax.training import interrupts, workdir as workdir_lib
@@ -112,6 +112,7 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
   t0 = time.time()
   sft_eval = evaluator(state.ref_params, state.ref_params, state.rm_params)
   _log.info("SFT policy on held-out prompts (%.1fs): %s", time.time() - t0, sft_eval)
+  log_start_eval(workdir, sft_eval)
 
   # --- Loop: checkpoints, resume, periodic evaluation
   state, summary = runner.train(
