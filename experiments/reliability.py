@@ -145,7 +145,7 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
     shutil.rmtree(workdir, ignore_errors=True)
     cmd = stage_command(stage, workdir, models, STEPS)
     if trial % 2 == 0:  # Any moment: loading, compiling, training, saving, writing the model.
-      when, at = None, rng.uniform(0.2, 1.0) * ref_s
+      when, at = None, rng.uniform(0.1, 0.8) * ref_s
     else:  # Within 0.3 s of a checkpoint directory appearing: during an orbax save.
       step = rng.randint(1, STEPS - 1)
       # Orbax writes a step under a temporary name and renames it on commit: either counts.
