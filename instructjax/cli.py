@@ -6,7 +6,8 @@ data file, a model or checkpoint directory, a busy workdir) into `error: <messag
 and exit status 2. The message names the key, the file and line, or the directory; the
 traceback adds nothing for the user and is shown only with INSTRUCTJAX_TRACEBACK=1. Anything
 else is a bug and keeps its traceback. A run stopped by a signal exits 128 + the signal's number
-(130 for Ctrl-C, 143 for SIGTERM), and says how to resume.
+(130 for Ctrl-C, 143 for SIGTERM), and says how to resume; stopped outside the training loop,
+it leaves at once (`os._exit`), without the interpreter's teardown.
 """
 from __future__ import annotations
 
@@ -100,7 +101,12 @@ def run_main(fn: Callable[[], Any]) -> int:
     result = fn()
   except interrupts.Interrupted as e:
     _say(f"stopped: {e}; run the same command again to resume")
-    return 128 + e.signum
+    # Stopped in the middle of device work (sampling, evaluation): leave without the
+    # interpreter's teardown, which can crash on buffers that running XLA threads still use.
+    # Everything the run wrote is whole (written atomically), so nothing is lost.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + e.signum)
   except user_errors() as e:
     if show_traceback:
       raise
