@@ -33,11 +33,6 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_MODE = flags.DEFINE_enum("mode", "kill", ["kill", "signal"], "which trials")
-_STAGES = flags.DEFINE_list("stages", ["sft", "rm", "ppo"], "stages for --mode=kill")
-_TRIALS = flags.DEFINE_integer("trials", 4, "kill trials per stage")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the kill moments")
-_OUTPUT = flags.DEFINE_string("output", "/tmp/instructjax_reliability", "where runs and results go")
 
 SMALL_MODEL = {"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2,
                "model.n_kv_heads": 1, "model.d_ff": 64}
@@ -225,20 +220,28 @@ def signal_trials(root: str) -> list[dict]:
 
 def main(argv):
   del argv
-  os.makedirs(_OUTPUT.value, exist_ok=True)
-  rng = random.Random(_SEED.value)
-  if _MODE.value == "kill":
-    rows = [r for s in _STAGES.value for r in kill_trials(s, _TRIALS.value, _OUTPUT.value, rng)]
+  f = flags.FLAGS
+  os.makedirs(f.output, exist_ok=True)
+  rng = random.Random(f.seed)
+  random.seed(f.seed)  # The signal moments.
+  if f.mode == "kill":
+    rows = [r for s in f.stages for r in kill_trials(s, f.trials, f.output, rng)]
     print("\n| stage | trial | SIGKILL | checkpoints on disk then | resumed bitwise |")
     print("|---|---|---|---|---|")
     for r in rows:
       print(f"| {r['stage']} | {r['trial']} | {r['kill']} | {r['checkpoints_at_kill']} | "
             f"{'yes' if r['bitwise_equal'] else 'NO'} |")
   else:
-    rows = signal_trials(_OUTPUT.value)
-  with open(os.path.join(_OUTPUT.value, f"reliability_{_MODE.value}.json"), "w") as f:
-    json.dump(rows, f, indent=2)
+    rows = signal_trials(f.output)
+  with open(os.path.join(f.output, f"reliability_{f.mode}.json"), "w") as out:
+    json.dump(rows, out, indent=2)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: the tests import this module's trials.
+  flags.DEFINE_enum("mode", "kill", ["kill", "signal"], "which trials")
+  flags.DEFINE_list("stages", ["sft", "rm", "ppo"], "stages for --mode=kill")
+  flags.DEFINE_integer("trials", 4, "kill trials per stage")
+  flags.DEFINE_integer("seed", 0, "seed of the kill and signal moments")
+  flags.DEFINE_string("output", "/tmp/instructjax_reliability", "where runs and results go")
   app.run(main)

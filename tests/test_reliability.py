@@ -1,7 +1,6 @@
 """Killed and signalled runs, in fresh processes (experiments/reliability.py has the longer
 trials): a SIGKILL at a random moment, during orbax saves included, resumes bitwise; SIGTERM to
 one host of a two-process run saves on both and stops without a final model."""
-import functools
 import importlib.util
 import os
 import random
@@ -16,7 +15,6 @@ from tests.scale import proc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@functools.lru_cache(maxsize=1)  # Once per session: the script defines absl flags.
 def load_script():
   spec = importlib.util.spec_from_file_location(
       "reliability", os.path.join(ROOT, "experiments", "reliability.py"))

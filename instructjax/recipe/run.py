@@ -130,6 +130,7 @@ def _run(config, workdir: str, stages: list[Stage], evaluate) -> dict:
       continue
     if not os.path.isdir(stage_dir):
       timings.pop(stage.name, None)  # A stage started afresh: no earlier time to add to.
+    interrupts.check()
     _log.info("[%d/%d] %s: starting in %s", i, len(stages), stage.name, stage_dir)
     t0 = time.time()
     results = run_stage(stage_config(config, stage, workdir, stages), stage_dir)

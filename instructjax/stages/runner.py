@@ -24,7 +24,7 @@ from instructjax import model_io
 from instructjax.config import ConfigError
 from instructjax.models import ModelConfig
 from instructjax.parallel.sharding import ShardingContext, get_rules, mesh_from_config
-from instructjax.training import CheckpointConfig, LoopSummary, run_loop
+from instructjax.training import CheckpointConfig, LoopSummary, interrupts, run_loop
 
 # Fields of the model config that describe how to run, not what the weights are: a stage that
 # starts from a saved model takes these from its own config and the rest from the model.
@@ -150,6 +150,7 @@ def load_start_model(path: str, key: str, head: Optional[str] = None,
   _check_head(saved_head, head, path, key)
   if runtime:
     cfg = cfg.replace(**runtime).validate()
+  interrupts.check()  # A signal whose exception got lost while loading stops the run here.
   return params, cfg, tokenizer
 
 
@@ -247,6 +248,7 @@ def write_model(path: str, params: Any, model_config: ModelConfig, tokenizer, he
   leaves either the previous directory or the new one: never a model_config.json without its
   weights, which `is_complete` would otherwise take for a finished stage.
   """
+  interrupts.check()  # A stopped run writes no model.
   path = os.path.abspath(path)
   partial, old = path + ".partial", path + ".old"
   if jax.process_index() == 0:

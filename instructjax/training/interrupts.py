@@ -37,6 +37,7 @@ class _State:
     self.in_loop = False
     self.requested = None  # The signal number of a request the loop has not honoured yet.
     self.last = None  # The last signal received, honoured or not.
+    self.raised = None  # A signal whose Interrupted may have been swallowed (see `check`).
 
 
 _state = _State()
@@ -48,7 +49,20 @@ def _handler(signum, frame):
   if _state.in_loop and _state.requested is None:
     _state.requested = signum
     return
+  _state.raised = signum
   raise Interrupted(signum)
+
+
+def check() -> None:
+  """Raises `Interrupted` if a signal arrived outside the loop and its exception was lost.
+
+  Python runs a signal handler between any two bytecodes of the main thread, also inside a
+  garbage-collection callback or a `__del__`, where an exception is printed and ignored. The
+  stages call this at the boundaries of their long phases (sampling chunks, evaluations,
+  loading, writing) so such a signal still stops the run there.
+  """
+  if _state.raised is not None:
+    raise Interrupted(_state.raised)
 
 
 @contextlib.contextmanager
@@ -69,12 +83,13 @@ def handled() -> Iterator[None]:
     if _state.installed == 0:
       for s, h in previous.items():
         signal.signal(s, h)
-      _state.requested = None
+      _state.requested = _state.raised = None
 
 
 @contextlib.contextmanager
 def in_loop() -> Iterator[None]:
   """While the training loop runs: a first signal becomes a request to save and stop."""
+  check()
   was = _state.in_loop
   _state.in_loop = True
   try:

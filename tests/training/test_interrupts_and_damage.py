@@ -96,3 +96,14 @@ def test_no_readable_checkpoint_is_one_clear_error_and_nothing_is_moved(tmp_path
   assert os.path.isdir(os.path.join(checkpoint_dir(str(tmp_path / "w")), "5"))
   with Checkpointer(checkpoint_dir(str(tmp_path / "w"))) as ckpt:
     assert ckpt.all_steps() == [5]
+
+
+def test_a_signal_whose_exception_was_lost_stops_at_the_next_check():
+  with interrupts.handled():
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+    except interrupts.Interrupted:
+      pass  # Lost, as in a garbage-collection callback, where Python prints and ignores it.
+    with pytest.raises(interrupts.Interrupted, match="SIGTERM"):
+      interrupts.check()  # The stages call this between their long phases.
+  interrupts.check()  # Nothing pending once the run is over.

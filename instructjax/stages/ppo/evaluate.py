@@ -19,6 +19,7 @@ from instructjax.stages import runner
 from instructjax.stages.lm import make_lm_eval_step
 from instructjax.stages.ppo.data import gold_of, is_world_prompt
 from instructjax.stages.ppo.step import PPOModels, eval_episodes
+from instructjax.training import interrupts
 from instructjax.training.metrics_writer import MetricsWriter, read_metrics
 from instructjax.world.correctness import correctness, exact_match, has_courtesy_prefix
 from instructjax.world.hallucination import hallucinates
@@ -52,6 +53,7 @@ class Evaluator:
     self.key = jax.random.fold_in(jax.random.key(seed), 3)
 
   def __call__(self, policy_params, ref_params, rm_params) -> dict[str, float]:
+    interrupts.check()  # A signal whose exception got lost stops the run here.
     out: dict[str, float] = {}
     if self.prompt_batches:
       out.update(self._episodes(policy_params, ref_params, rm_params))

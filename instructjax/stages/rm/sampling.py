@@ -19,6 +19,7 @@ from instructjax.models import DecoderLM
 from instructjax.models.compiled import JitCache
 from instructjax.parallel.sharding import ShardingContext, param_shardings
 from instructjax.stages import runner
+from instructjax.training import interrupts
 from instructjax.training.state import boxed_param_init
 from instructjax.world import comparisons as world_cmp
 from instructjax.world.export import read_jsonl, write_jsonl
@@ -56,6 +57,7 @@ class PolicySampler:
     self.num_blank = 0  # Responses still blank after MAX_REDRAWS.
 
   def _generate(self, prompts: Sequence[str]) -> list[tuple[str, bool]]:
+    interrupts.check()  # A signal whose exception got lost stops the run here.
     self.calls += 1
     return generate_texts(self.model, self.params, self.tokenizer, prompts, self.sampling,
                           seed=stable_seed(self.seed, self.stream, self.calls),
