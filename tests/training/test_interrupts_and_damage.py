@@ -42,10 +42,11 @@ def test_a_signal_in_the_loop_saves_that_step_and_stops(tmp_path, signum):
 
 
 def test_a_second_signal_or_one_outside_the_loop_stops_at_once(tmp_path):
-  with interrupts.handled():
+  with interrupts.handled():  # One run...
     with pytest.raises(interrupts.Interrupted, match="SIGTERM"):
       os.kill(os.getpid(), signal.SIGTERM)  # Not in the loop: sampling, evaluation, ...
 
+  with interrupts.handled():  # ...and another.
     def twice(step, metrics):
       if step == 3:
         os.kill(os.getpid(), signal.SIGINT)
