@@ -174,3 +174,16 @@ def test_a_runtime_only_model_section_leaves_unset_fields_to_the_checkpoint():
 ])
 def test_stored_dtype(hf, want):
   assert stored_dtype(hf) == want
+
+
+def test_add_bos_needs_a_tokenizer_with_one():
+  from types import SimpleNamespace
+  from instructjax.stages import inputs
+  c = ml_collections.ConfigDict({"data": {"add_bos": True}})
+  inputs.check_tokenizer(c, CharTokenizer())
+  no_bos = SimpleNamespace(bos_id=None)  # Qwen2's tokenizers have none.
+  with pytest.raises(ConfigError, match=r"config\.data\.add_bos=True, but the tokenizer of "
+                                        r"config\.init_from has no BOS"):
+    inputs.check_tokenizer(c, no_bos)
+  c.data.add_bos = False
+  inputs.check_tokenizer(c, no_bos)

@@ -24,7 +24,7 @@ import jax
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM
 from instructjax.models.heads import scalar_model_from_lm
-from instructjax.stages import runner
+from instructjax.stages import inputs, runner
 from instructjax.stages.ppo import data
 from instructjax.stages.ppo.checks import check, kl_controller, sampling_config
 from instructjax.stages.ppo.evaluate import EVAL_METRICS, Evaluator, eval_params
@@ -41,7 +41,7 @@ _log = logging.getLogger(__name__)
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains the policy with PPO(-ptx); returns its results (also in ppo_results.json)."""
-  cfg, _, _ = check(config)
+  config, cfg, _, _ = check(config)
   with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
     return _train(config, workdir, cfg)
 
@@ -54,6 +54,7 @@ def load_weights(config):
                                                                  "lm", runtime)
   rm_params, rm_cfg, rm_tokenizer = runner.load_start_model(config.reward_model, "reward_model",
                                                             "scalar", runtime)
+  inputs.check_tokenizer(config, tokenizer)
   if (tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id) != (
       rm_tokenizer.vocab_size, rm_tokenizer.eos_id, rm_tokenizer.pad_id):
     raise ConfigError("config.reward_model: its tokenizer differs from the policy's "

@@ -22,7 +22,7 @@ import jax
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM, ModelConfig
 from instructjax.models.heads import scalar_model_from_lm
-from instructjax.stages import runner
+from instructjax.stages import inputs, runner
 from instructjax.stages.device_data import DeviceIterator
 from instructjax.stages.jit import jit_step
 from instructjax.stages.rm import data, evaluate
@@ -40,7 +40,7 @@ _log = logging.getLogger(__name__)
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and normalises the reward model; returns its results."""
-  model_cfg = check(config)
+  config, model_cfg = check(config)
   with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
     return _train(config, workdir, model_cfg)
 
@@ -53,6 +53,7 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
   # --- Data, sampling included: every bad record is reported before the step compiles.
   sft = Sft(config, ctx)
   _, sft_params, tokenizer = sft.load()
+  inputs.check_tokenizer(config, tokenizer)
   rm_data = data.load_data(config, workdir, tokenizer, sft, ctx)
 
   # --- Model, optimizer and state: the SFT trunk with a zero score head.
