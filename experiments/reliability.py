@@ -206,6 +206,8 @@ def signal_trials(root: str) -> list[dict]:
 
 def main(argv):
   del argv
+  from instructjax.cli import setup_logging  # Here: the module must load without jax.
+  setup_logging()  # It saves and loads model directories: orbax would log every file.
   os.makedirs(_OUTPUT.value, exist_ok=True)
   rng = random.Random(_SEED.value)
   if _MODE.value == "kill":
