@@ -18,9 +18,15 @@ from absl import app, flags
 
 from instructjax.cli import run_main, setup_logging
 
-_MODEL = flags.DEFINE_string("model", None, "Model directory to export.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the HF model into.")
-flags.mark_flags_as_required(["model", "output"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined when run as a script only, so that importing `export` (tests, notebooks) cannot
+  clash with same-named flags of other scripts in one process."""
+  flags.DEFINE_string("model", None, "Model directory to export.")
+  flags.DEFINE_string("output", None, "Directory to write the HF model into.")
+  flags.mark_flags_as_required(["model", "output"])
 
 
 def export(model: str, output: str) -> str:
@@ -48,8 +54,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   setup_logging()
-  sys.exit(run_main(lambda: print(export(_MODEL.value, _OUTPUT.value))))
+  sys.exit(run_main(lambda: print(export(FLAGS.model, FLAGS.output))))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -32,11 +32,17 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_MODE = flags.DEFINE_enum("mode", "kill", ["kill", "signal"], "which trials")
-_STAGES = flags.DEFINE_list("stages", ["sft", "rm", "ppo"], "stages for --mode=kill")
-_TRIALS = flags.DEFINE_integer("trials", 4, "kill trials per stage")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the kill moments")
-_OUTPUT = flags.DEFINE_string("output", "/tmp/instructjax_reliability", "where runs and results go")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defined when run as a script only: tests import `kill_trials` in a process where other
+  scripts (evaluate.py) have defined flags of the same names."""
+  flags.DEFINE_enum("mode", "kill", ["kill", "signal"], "which trials")
+  flags.DEFINE_list("stages", ["sft", "rm", "ppo"], "stages for --mode=kill")
+  flags.DEFINE_integer("trials", 4, "kill trials per stage")
+  flags.DEFINE_integer("seed", 0, "seed of the kill moments")
+  flags.DEFINE_string("output", "/tmp/instructjax_reliability", "where runs and results go")
 
 SMALL_MODEL = {"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2,
                "model.n_kv_heads": 1, "model.d_ff": 64}
@@ -124,6 +130,7 @@ def kill_trials(stage: str, trials: int, root: str, rng: random.Random) -> list[
   models = make_models(root)
   ref_dir = os.path.join(root, stage, "reference")
   shutil.rmtree(ref_dir, ignore_errors=True)
+  os.makedirs(os.path.dirname(ref_dir), exist_ok=True)  # The runs' logs go beside them.
   status, ref_s, _ = run(stage_command(stage, ref_dir, models), ref_dir + ".log")
   if status != 0:
     raise RuntimeError(f"reference {stage} run failed: see {ref_dir}.log")
@@ -208,20 +215,21 @@ def main(argv):
   del argv
   from instructjax.cli import setup_logging  # Here: the module must load without jax.
   setup_logging()  # It saves and loads model directories: orbax would log every file.
-  os.makedirs(_OUTPUT.value, exist_ok=True)
-  rng = random.Random(_SEED.value)
-  if _MODE.value == "kill":
-    rows = [r for s in _STAGES.value for r in kill_trials(s, _TRIALS.value, _OUTPUT.value, rng)]
+  os.makedirs(FLAGS.output, exist_ok=True)
+  rng = random.Random(FLAGS.seed)
+  if FLAGS.mode == "kill":
+    rows = [r for s in FLAGS.stages for r in kill_trials(s, FLAGS.trials, FLAGS.output, rng)]
     print("\n| stage | trial | killed at (s) | checkpoints at the kill | resumed bitwise |")
     print("|---|---|---|---|---|")
     for r in rows:
       print(f"| {r['stage']} | {r['trial']} | {r['kill_at_s']} | {r['checkpoints_at_kill']} | "
             f"{'yes' if r['bitwise_equal'] else 'NO'} |")
   else:
-    rows = signal_trials(_OUTPUT.value)
-  with open(os.path.join(_OUTPUT.value, f"reliability_{_MODE.value}.json"), "w") as f:
+    rows = signal_trials(FLAGS.output)
+  with open(os.path.join(FLAGS.output, f"reliability_{FLAGS.mode}.json"), "w") as f:
     json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
