@@ -5,6 +5,10 @@
   --config=configs/ppo.py:tiny,ptx=0 ...                        plain PPO (no pretraining mix)
   --config=configs/ppo.py:gpt2-124m --config.data.train_path=prompts.jsonl \
       --config.data.eval_path=heldout.jsonl --config.data.ptx_path=web.jsonl ...
+  --config=configs/ppo.py:hf --config.init_from=<SFT model> --config.reward_model=<RM, or an
+      HF sequence-classification directory> --config.data.train_path=prompts.jsonl \
+      --config.data.ptx_path=texts.jsonl ...          your own models (as configs/sft.py:hf):
+      data.prompt_len=0 and data.seq_len=0 are taken from the models (stages/lengths.py)
 
 Units: train.num_steps counts PPO iterations (one rollout of ppo.rollout_batch_size prompts,
 then ppo.epochs x rollout_batch_size / minibatch_size optimizer steps); optim (policy) and
@@ -53,9 +57,23 @@ def get_config(arg=None):
   c.init_from = ""  # The SFT model directory: the policy's start and the KL reference.
   c.reward_model = ""  # The reward model directory (head "scalar").
   c.value_init = "reward_model"  # Value model from the RM ("reward_model") or SFT trunk ("sft").
-  c.model = config_lib.model_config(a.variant)  # Only runtime fields (dtype, remat...) count.
+  # Only runtime fields (dtype, remat...) count: the architectures are the models'.
+  c.model = (config_lib.runtime_model_config() if a.variant == "hf"
+             else config_lib.model_config(a.variant))
   c.mesh = config_lib.mesh_config()
-  if a.variant.startswith("tiny"):
+  if a.variant == "hf":
+    c.data = config_lib.data_config(seq_len=0, pack=True, source="jsonl")
+    c.data.prompt_len = 0  # 0: from the models, room left for ppo.max_new_tokens (+ EOS).
+    c.train = config_lib.train_config(batch_size=16, num_steps=a.steps or 200, log_every=5,
+                                      eval_every=50, eval_batches=4, save_every=50)
+    c.optim = config_lib.optim_config(lr=2e-6, warmup_steps=10, decay="constant",
+                                      weight_decay=0.0)
+    c.value_optim = config_lib.optim_config(lr=1e-5, warmup_steps=10, decay="constant",
+                                            weight_decay=0.0)
+    c.ppo = ppo_settings(rollout_batch_size=64, minibatch_size=16, epochs=2, max_new_tokens=128,
+                         ptx_batch_size=32, kl=kl_config(0.05, False, 6.0, 10000.0),
+                         eval_prompts=128)
+  elif a.variant.startswith("tiny"):
     # The world sizes of the tiny pretrain/SFT/RM configs: the same held-out prompts (they
     # are filtered against every training split) and held-out pretraining documents.
     c.data = config_lib.data_config(seq_len=128, pack=True, num_sft=3000, num_rm=1500,

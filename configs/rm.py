@@ -3,6 +3,12 @@
   --config=configs/rm.py:tiny --config.init_from=runs/x/sft/model
   --config=configs/rm.py:tiny --config.data.world.comparison_source=policy   (SFT samples)
   --config=configs/rm.py:gpt2-124m --config.data.train_path=cmp.jsonl --config.data.eval_path=...
+  --config=configs/rm.py:hf --config.init_from=<your SFT model, instructjax or HF> \
+      --config.data.train_path=hh_train.jsonl --config.data.eval_path=hh_test.jsonl.gz \
+      [--config.data.adapter=hh]
+
+`:hf`: the model as init_from has it (see configs/sft.py), data.seq_len=0 from its positions,
+JSONL comparisons; the normalisation samples are drawn as configs/ppo.py:hf samples.
 """
 import ml_collections
 
@@ -29,9 +35,22 @@ def get_config(arg=None):
   c.stage = "rm"
   c.seed = 0
   c.init_from = ""  # The SFT model directory (required).
-  c.model = config_lib.model_config(a.variant)  # Only the runtime fields (dtype, remat...) count.
+  # Only the runtime fields (dtype, remat...) count: the architecture is init_from's.
+  c.model = (config_lib.runtime_model_config() if a.variant == "hf"
+             else config_lib.model_config(a.variant))
   c.mesh = config_lib.mesh_config()
-  if a.variant.startswith("tiny"):
+  if a.variant == "hf":
+    c.data = config_lib.data_config(seq_len=0, pack=False, source="jsonl")
+    c.data.k_max = 0  # 0: the largest K in the training data.
+    c.data.packed_len = 0  # 0: K rows of seq_len per prompt; > 0: one packed row (see tiny).
+    c.data.pack_bucket = 64
+    c.train = config_lib.train_config(batch_size=16, num_steps=a.steps or 1000, log_every=10,
+                                      eval_every=200, eval_batches=8, save_every=200)
+    c.optim = config_lib.optim_config(lr=1e-5, warmup_steps=50, weight_decay=0.0)
+    # Sampled as configs/ppo.py:hf's rollouts (temperature 1, 128 new tokens), so that the SFT
+    # policy averages a score of 0 on what PPO samples.
+    c.rm = rm_settings(max_new_tokens=128, sample_batch_size=32)
+  elif a.variant.startswith("tiny"):
     # The SFT tiny config's world sizes, so held-out prompts are filtered against the same splits.
     # seq_len 72 holds 99.9% of prompt + response + EOS, static or sampled (max_new_tokens 40).
     c.data = config_lib.data_config(seq_len=72, pack=False, num_sft=3000, num_rm=1500,

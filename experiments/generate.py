@@ -4,8 +4,10 @@
       [--temperature=0] [--max_new_tokens=64] [--top_k=0] [--top_p=1.0] [--seed=0]
 
 DIR: an instructjax model directory, a training checkpoint directory or a Hugging Face
-directory (anything `instructjax.load` reads). IN lines are {"prompt": "..."} (other keys are
-ignored; blank lines skipped). OUT gets one line per prompt, in input order:
+directory (anything `instructjax.load` reads). IN lines are {"prompt": "..."} or chat prompts
+{"messages": [{"role": ..., "content": ...}, ...]} (rendered with the tokenizer's chat
+template, as PPO reads them), other keys ignored, blank lines skipped. OUT gets one line per
+prompt, in input order:
 {"prompt": ..., "response": ..., "finished": true|false}; finished means the response ended
 with EOS, and the response text excludes EOS and PAD. Temperature 0 (the default) is greedy.
 """
@@ -37,8 +39,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("add_bos", False, "Prepend BOS to each prompt (match the training data).")
 
 
-def read_prompts(path: str) -> list[str]:
-  """Prompts of a JSONL file; a malformed line raises ValueError naming `path:line`."""
+def read_prompts(path: str) -> list[Any]:
+  """Prompts of a JSONL file (strings, or message lists for chat prompts); a malformed line
+  raises ValueError naming `path:line`."""
   prompts = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
@@ -51,6 +54,9 @@ def read_prompts(path: str) -> list[str]:
       if not isinstance(record, dict):
         raise ValueError(f"{path}:{lineno}: expected a JSON object with a \"prompt\" key, got "
                          f"{type(record).__name__}")
+      if "prompt" not in record and "messages" in record:
+        prompts.append(_messages(record["messages"], f"{path}:{lineno}"))
+        continue
       if "prompt" not in record:
         raise ValueError(f"{path}:{lineno}: missing \"prompt\" (keys: {sorted(record)})")
       if not isinstance(record["prompt"], str):
@@ -58,6 +64,16 @@ def read_prompts(path: str) -> list[str]:
                          f"{type(record['prompt']).__name__}")
       prompts.append(record["prompt"])
   return prompts
+
+
+def _messages(messages: Any, where: str) -> list[dict[str, str]]:
+  ok = isinstance(messages, list) and messages and all(
+      isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+      for m in messages)
+  if not ok:
+    raise ValueError(f"{where}: \"messages\" must be a non-empty list of "
+                     "{\"role\": str, \"content\": str}")
+  return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def write_results(path: str, results: list[dict[str, Any]]) -> None:
@@ -91,6 +107,8 @@ def main(argv):
   for name in ("checkpoint", "prompts", "output"):
     if not getattr(FLAGS, name):
       raise app.UsageError(f"--{name} is required")
+  from instructjax.cli import setup_logging  # Imports jax: only once the flags are good.
+  setup_logging()  # Orbax would log every file it reads.
   try:
     results = run(FLAGS.checkpoint, FLAGS.prompts, FLAGS.output, temperature=FLAGS.temperature,
                   max_new_tokens=FLAGS.max_new_tokens, top_k=FLAGS.top_k, top_p=FLAGS.top_p,

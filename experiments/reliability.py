@@ -220,6 +220,8 @@ def signal_trials(root: str) -> list[dict]:
 
 def main(argv):
   del argv
+  from instructjax.cli import setup_logging  # Here: the module must load without jax.
+  setup_logging()  # It saves and loads model directories: orbax would log every file.
   f = flags.FLAGS
   os.makedirs(f.output, exist_ok=True)
   rng = random.Random(f.seed)

@@ -21,6 +21,7 @@ import sys
 
 from absl import app, flags
 
+from instructjax.cli import setup_logging
 from instructjax.recipe import sweeps
 
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep file defining get_sweep()")
@@ -80,7 +81,7 @@ def in_process_runner(config_spec: str, base_config, run_workdir: str,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  setup_logging()
   points = sweeps.load_sweep(_SWEEP.value)
   fixed = parse_set(_SET.value)
   if _DRY_RUN.value:

@@ -189,9 +189,11 @@ class LM:
 
   # --- saving
 
-  def to_hf(self, path: str, *, score_bias: str = "error",
+  def to_hf(self, path: str, *, score_bias: str = "store",
             max_shard_bytes: Optional[int] = None) -> str:
-    """Exports a transformers-loadable directory (config, safetensors, tokenizer)."""
+    """Exports a transformers-loadable directory (config, safetensors, tokenizer). A reward or
+    value model's score bias, which HF's head cannot hold, goes into config.json as
+    `instructjax_score_bias` (instructjax.hf.convert; score_bias="error" refuses instead)."""
     from instructjax.hf import export_hf
     export_hf(path, self.config, self.params, head=self.head, tokenizer=self.tokenizer,
               score_bias=score_bias, max_shard_bytes=max_shard_bytes)

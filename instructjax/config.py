@@ -15,16 +15,35 @@ import dataclasses
 from typing import Optional
 
 import ml_collections
+from ml_collections import config_dict
 
 
 class ConfigError(ValueError):
   """A configuration value or combination is invalid; the message names the key."""
 
 
+# Fields of the model config that describe how to run, not what the weights are: a stage that
+# starts from a saved model takes these from its config and everything else from the model.
+RUNTIME_MODEL_FIELDS = {"dtype": str, "param_dtype": str, "remat": str, "scan_layers": bool,
+                        "dropout_rate": float}
+
+
 def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
   """Every ModelConfig field of a named preset, each overridable from the command line."""
   from instructjax.models.presets import get_preset
   return ml_collections.ConfigDict(get_preset(preset, **overrides).to_dict())
+
+
+def runtime_model_config() -> ml_collections.ConfigDict:
+  """The model section of a config whose model is a checkpoint (`init_from`): only the run-time
+  fields, each None ("as the checkpoint has it") until set (`--config.model.dtype=bfloat16`)."""
+  return ml_collections.ConfigDict(
+      {k: config_dict.placeholder(t) for k, t in RUNTIME_MODEL_FIELDS.items()})
+
+
+def is_runtime_only(model_cfg) -> bool:
+  """A model section without architecture (`runtime_model_config`): the model is init_from's."""
+  return "family" not in model_cfg
 
 
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1,
@@ -61,14 +80,15 @@ def train_config(batch_size: int, num_steps: int, log_every: int = 10, eval_ever
 
 
 def to_model_config(model_cfg, prefix: str = "model"):
-  """ConfigDict -> validated ModelConfig; errors name `config.<prefix>.<key>`."""
+  """ConfigDict -> validated ModelConfig; errors name `config.<prefix>.<key>`. A runtime-only
+  section (`runtime_model_config`) is validated on the default architecture."""
   from instructjax.models.config import ModelConfig
   d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
   names = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(d) - names)
   if unknown:
     raise ConfigError(f"config.{prefix}: unknown keys {unknown}")
-  return ModelConfig(**d).validate(prefix)
+  return ModelConfig(**{k: v for k, v in d.items() if v is not None}).validate(prefix)
 
 
 def validate_mesh(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
@@ -103,7 +123,8 @@ def validate_common(config, num_devices: int, model_prefixes=("model",)) -> tupl
   mesh_shape = validate_mesh(config.mesh, num_devices)
   for prefix in model_prefixes:
     model = to_model_config(config[prefix], prefix)
-    validate_model_on_mesh(model, mesh_shape, config.mesh.rules, prefix)
+    if not is_runtime_only(config[prefix]):  # Else the stage checks init_from's architecture.
+      validate_model_on_mesh(model, mesh_shape, config.mesh.rules, prefix)
   validate_batch(config.train.batch_size, mesh_shape)
   if config.train.on_nonfinite not in ("raise", "skip"):
     raise ConfigError(f"config.train.on_nonfinite: {config.train.on_nonfinite!r} is not "

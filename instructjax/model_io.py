@@ -89,17 +89,19 @@ def load_model(directory: str, shardings: Any = None, abstract_params: Any = Non
 def load_any_model(path: str, key: str = "init_from"
                    ) -> tuple[Any, ModelConfig, Tokenizer, str, dict]:
   """A stage's starting model: an instructjax model directory or a local Hugging Face one
-  (config.json + safetensors). Errors name the config key that pointed here."""
+  (config.json + safetensors; float32 weights, computing in the dtype it is stored in). Errors
+  name the config key that pointed here."""
   from instructjax.config import ConfigError  # Local: avoids a cycle at import.
   if not os.path.isdir(path):
     raise ConfigError(f"config.{key}: {path} is not a directory")
   if is_model_dir(path):
     return load_model(path)
-  from instructjax.hf.convert import import_hf, is_hf_dir  # Optional dependency.
+  from instructjax.hf.config import stored_dtype  # Optional dependency.
+  from instructjax.hf.convert import import_hf, is_hf_dir, read_hf_config
   if not is_hf_dir(path):
     raise ConfigError(f"config.{key}: {path} is neither an instructjax model directory "
                       f"({MODEL_CONFIG_FILE} + {PARAMS_DIR}/) nor a Hugging Face one (config.json)")
-  imported = import_hf(path)
+  imported = import_hf(path, dtype=stored_dtype(read_hf_config(path)))
   if imported.tokenizer is None:
     raise ConfigError(f"config.{key}: {path} has no tokenizer files; save the tokenizer with "
                       "the model (tokenizer.save_pretrained)")

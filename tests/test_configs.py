@@ -33,6 +33,20 @@ def test_every_config_file_builds_and_validates(name):
     config_lib.validate_common(stage_config, num_devices=1)
 
 
+@pytest.mark.parametrize("name", ["pretrain.py", "sft.py", "rm.py", "ppo.py"])
+def test_hf_variants_leave_the_model_and_lengths_to_the_checkpoint(name):
+  config = load_config(name, "hf")
+  config_lib.validate_common(config, num_devices=1)
+  assert config_lib.is_runtime_only(config.model)
+  assert all(config.model[k] is None for k in config.model)  # As the checkpoint has it.
+  assert config.data.source == "jsonl" and config.data.seq_len == 0
+  assert config.get("data").get("prompt_len", 0) == 0
+  config.model.dtype = "bfloat16"  # Still settable; a bad value is named.
+  config.model.remat = "always"
+  with pytest.raises(ConfigError, match=r"config\.model\.remat"):
+    config_lib.validate_common(config, num_devices=1)
+
+
 def test_model_presets_validate_and_have_expected_sizes():
   sizes = {name: get_preset(name).num_params() for name in PRESET_NAMES}
   assert 120e6 < sizes["gpt2-124m"] < 130e6

@@ -4,7 +4,7 @@ Formats (JSONL, one object per line; full schemas in SCHEMAS.md and schemas.py):
   demonstrations  {"prompt": str, "response": str} | {"messages": [{"role", "content"}, ...]}
   comparisons     {"prompt": str, "responses": [str, ...], "ranking": [int, ...] (best to
                   worst), "group": str (optional)} | {"prompt", "chosen", "rejected"}
-  prompts         {"prompt": str, ...metadata}
+  prompts         {"prompt": str, ...metadata} | {"messages": [{"role", "content"}, ...], ...}
   pretraining     {"text": str}
 
 Entry points:

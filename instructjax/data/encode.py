@@ -5,7 +5,9 @@ Sequences (BOS only when `add_bos`; default False, as for InstructWorld's char t
   pretraining doc: [BOS] + text + EOS
   comparison:      [BOS] + prompt + response_k + EOS, for each of the K responses
   PPO prompt:      [BOS] + prompt
-Prompt and response are tokenized separately, so the boundary between them is exact.
+Prompt and response are tokenized separately, so the boundary between them is exact. Chat
+prompts (demonstrations' and prompts' "messages") go through the tokenizer's chat template when
+it has one; a template that starts with BOS itself gets no second one.
 
 Truncation policy (`truncate=True`):
   * prompts are cut from the LEFT to `max_prompt_len` tokens (the end of a prompt, next to the
@@ -37,6 +39,8 @@ import numpy as np
 from instructjax.data.batching import packed_length
 from instructjax.data.errors import DataError, DataReport, OnError, guarded
 from instructjax.data.schemas import Comparison, Demonstration, PromptRecord, TextDocument
+
+ChatRecord = Demonstration | PromptRecord  # Records whose prompt may be chat messages.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,20 +80,32 @@ def _encode_text(tokenizer, text: str, where: str, what: str) -> list[int]:
     raise DataError(where, "encode_error", f"cannot tokenize the {what}: {e}") from e
 
 
-def _chat_prompt_ids(tokenizer, demo: Demonstration) -> list[int]:
+def _chat_prompt_ids(tokenizer, rec: ChatRecord) -> list[int]:
   """Prompt turns through the tokenizer's chat template (if any), else the plain rendering."""
-  if demo.messages is None or not hasattr(tokenizer, "apply_chat_template"):
-    return _encode_text(tokenizer, demo.prompt, demo.where, "prompt")
+  if (rec.messages is None or not hasattr(tokenizer, "apply_chat_template")
+      or not getattr(tokenizer, "has_chat_template", True)):
+    return _encode_text(tokenizer, rec.prompt, rec.where, "prompt")
   try:
-    out = tokenizer.apply_chat_template([dict(m) for m in demo.messages],
+    out = tokenizer.apply_chat_template([dict(m) for m in rec.messages],
                                         add_generation_prompt=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(demo.where, "encode_error", f"chat template failed: {e}") from e
+    raise DataError(rec.where, "encode_error", f"chat template failed: {e}") from e
   if isinstance(out, Mapping):  # Some HF versions return a BatchEncoding.
     out = out["input_ids"]
   if isinstance(out, str):
-    return _encode_text(tokenizer, out, demo.where, "chat prompt")
+    return _encode_text(tokenizer, out, rec.where, "chat prompt")
   return [int(t) for t in out]
+
+
+def _bos_and_prompt(tokenizer, rec: ChatRecord, cfg: EncodeConfig) -> tuple[list[int], list[int]]:
+  """(BOS or nothing, the prompt's ids): a chat template that already starts with BOS keeps
+  it as the BOS, so the sequence has one, in front of whatever truncation keeps."""
+  ids = _chat_prompt_ids(tokenizer, rec)
+  if not cfg.add_bos:
+    return [], ids
+  if rec.messages is not None and ids[:1] == [tokenizer.bos_id]:
+    return ids[:1], ids[1:]
+  return [tokenizer.bos_id], ids
 
 
 def _fit_prompt(ids: list[int], bos: list[int], cfg: EncodeConfig, where: str,
@@ -121,8 +137,8 @@ def _fit_response(prompt: list[int], response: list[int], eos: int, cfg: EncodeC
 
 def encode_demonstration(demo: Demonstration, tokenizer, cfg: EncodeConfig,
                          report: DataReport) -> dict[str, Any]:
-  bos = [tokenizer.bos_id] if cfg.add_bos else []
-  prompt = _fit_prompt(_chat_prompt_ids(tokenizer, demo), bos, cfg, demo.where, report)
+  bos, ids = _bos_and_prompt(tokenizer, demo, cfg)
+  prompt = _fit_prompt(ids, bos, cfg, demo.where, report)
   response = _encode_text(tokenizer, demo.response, demo.where, "response")
   ids = _fit_response(prompt, response, tokenizer.eos_id, cfg, demo.where, report,
                       keep_eos=False)
@@ -172,9 +188,8 @@ def encode_comparison(cmp: Comparison, tokenizer, cfg: EncodeConfig, report: Dat
 
 def encode_prompt(rec: PromptRecord, tokenizer, cfg: EncodeConfig, report: DataReport, *,
                   example_id: int) -> dict[str, Any]:
-  bos = [tokenizer.bos_id] if cfg.add_bos else []
-  ids = _fit_prompt(_encode_text(tokenizer, rec.prompt, rec.where, "prompt"), bos, cfg,
-                    rec.where, report)
+  bos, ids = _bos_and_prompt(tokenizer, rec, cfg)
+  ids = _fit_prompt(ids, bos, cfg, rec.where, report)
   return {"ids": np.asarray(ids, np.int32), "example_id": example_id}
 
 

@@ -15,6 +15,9 @@ comparisons (reward model):
   {"prompt": str, "chosen": str, "rejected": str}  -- a pair: K = 2, ranking [0, 1].
 prompts (PPO / evaluation):
   {"prompt": str, ...}  -- every other field is kept as metadata (e.g. a gold answer).
+  {"messages": [{"role": str, "content": str}, ...], ...}  -- chat; every message is a prompt
+      turn and the last may not have role "assistant" (the policy writes the next assistant
+      turn); rendered at encode time as the prompt turns of a chat demonstration are.
 pretraining text:
   {"text": str}
 
@@ -58,10 +61,12 @@ class Comparison:
 
 @dataclasses.dataclass(frozen=True)
 class PromptRecord:
-  """A prompt for generation; `metadata` keeps every other field of the record."""
+  """A prompt for generation; `metadata` keeps every other field of the record. For chat
+  records `messages` holds the turns and `prompt` their plain rendering."""
   prompt: str
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   where: str = ""
+  messages: tuple[Mapping[str, str], ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,16 +104,22 @@ def render_chat_prompt(messages) -> str:
 _DEMO_LAYOUT = '{"prompt": str, "response": str} or {"messages": [{"role", "content"}, ...]}'
 
 
+def _messages(rec: Mapping[str, Any], where: str) -> list[Mapping[str, Any]]:
+  """The record's "messages": a non-empty list of {"role": str, "content": str}."""
+  messages = rec["messages"]
+  if not isinstance(messages, list) or not messages:
+    raise DataError(where, "bad_type", "field 'messages' must be a non-empty list")
+  for i, m in enumerate(messages):
+    if (not isinstance(m, Mapping) or not isinstance(m.get("role"), str)
+        or not isinstance(m.get("content"), str)):
+      raise DataError(where, "bad_type",
+                      f"message {i} must be {{'role': str, 'content': str}}, got {m!r:.80}")
+  return messages
+
+
 def parse_demonstration(rec: Mapping[str, Any], where: str = "") -> Demonstration:
   if "messages" in rec:
-    messages = rec["messages"]
-    if not isinstance(messages, list) or not messages:
-      raise DataError(where, "bad_type", "field 'messages' must be a non-empty list")
-    for i, m in enumerate(messages):
-      if (not isinstance(m, Mapping) or not isinstance(m.get("role"), str)
-          or not isinstance(m.get("content"), str)):
-        raise DataError(where, "bad_type",
-                        f"message {i} must be {{'role': str, 'content': str}}, got {m!r:.80}")
+    messages = _messages(rec, where)
     if messages[-1]["role"] != "assistant":
       raise DataError(where, "bad_dialogue", "the last message must be the response, with role "
                       f"'assistant'; got role {messages[-1]['role']!r}")
@@ -168,7 +179,19 @@ def parse_comparison(rec: Mapping[str, Any], where: str = "") -> Comparison:
 
 
 def parse_prompt(rec: Mapping[str, Any], where: str = "") -> PromptRecord:
-  prompt = _str_field(rec, "prompt", where, '{"prompt": str, ...}', "empty_prompt")
+  if "messages" in rec and "prompt" not in rec:
+    messages = _messages(rec, where)
+    if messages[-1]["role"] == "assistant":
+      raise DataError(where, "bad_dialogue", "the last message of a chat prompt must not have "
+                      "role 'assistant': the policy writes the next assistant turn (a chat "
+                      "that ends with its response is a demonstration)")
+    if not any(m["content"].strip() for m in messages):
+      raise DataError(where, "empty_prompt", "every message of the chat prompt is empty")
+    turns = tuple(dict(role=m["role"], content=m["content"]) for m in messages)
+    return PromptRecord(prompt=render_chat_prompt(turns), where=where, messages=turns,
+                        metadata={k: v for k, v in rec.items() if k != "messages"})
+  prompt = _str_field(rec, "prompt", where, '{"prompt": str, ...} or {"messages": [{"role", '
+                      '"content"}, ...], ...}', "empty_prompt")
   return PromptRecord(prompt=prompt, metadata={k: v for k, v in rec.items() if k != "prompt"},
                       where=where)
 

@@ -12,8 +12,9 @@ Policies (each documented where it is implemented):
     tensors the conversion would not use (strict=True) (config, weights);
   * tokenizers without a PAD distinct from EOS get `<|pad|>`; the embedding grows to cover it
     with mean rows (instructjax.hf.tokenizer, weights.grow_vocab);
-  * head="scalar" <-> *ForSequenceClassification(num_labels=1); a non-zero score_bias is refused
-    on export unless score_bias="store" (convert).
+  * head="scalar" <-> *ForSequenceClassification(num_labels=1); a non-zero score_bias, which
+    HF's head cannot hold, is recorded in config.json on export (score_bias="store", the
+    default; "error" refuses it) and restored on import (convert).
 """
 from instructjax.hf.config import (ARCHITECTURES, SCORE_BIAS_KEY, HFConversionError, HFModelSpec,
                                    config_to_hf, spec_from_hf)

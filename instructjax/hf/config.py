@@ -59,6 +59,13 @@ class HFModelSpec:
   score_bias: float = 0.0  # Recorded by an instructjax export with score_bias="store".
 
 
+def stored_dtype(hf: Mapping[str, Any]) -> str:
+  """The dtype the checkpoint's weights are stored in (`dtype` in transformers 5 configs,
+  `torch_dtype` in 4), as a ModelConfig dtype; "float32" when it names none or another."""
+  name = str(hf.get("dtype") or hf.get("torch_dtype") or "float32").replace("torch.", "")
+  return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
 def _first_id(value) -> Optional[int]:
   """Token ids may be an int, a list (several EOS ids) or null; keep the first."""
   if isinstance(value, (list, tuple)):

@@ -7,13 +7,15 @@ export: config.json, generation_config.json, model.safetensors (or shards + inde
   tokenizer, loadable by transformers' Auto classes with trust_remote_code=False.
 
 Reward/value models (head="scalar") map to *ForSequenceClassification with num_labels=1. HF's
-`score` layer has no bias, so a non-zero instructjax `score_bias` (e.g. a folded reward
-normalisation) cannot be expressed in HF weights. Export policy (`score_bias=`):
-  "error" (default): refuse, naming the value; a zero bias exports silently.
-  "store": write the weights without it and record it in config.json as
+`score` layer has no bias, so a non-zero instructjax `score_bias` (every reward and value model
+the stages write has one: the reward normalisation folded into the head) cannot be expressed in
+HF weights. Export policy (`score_bias=`):
+  "store" (default): write the weights without it and record it in config.json as
     `instructjax_score_bias`. transformers ignores that key, so HF scores are the instructjax
-    scores minus the bias (rankings and pairwise losses are unchanged); an instructjax import
-    restores it, so import -> export -> import stays exact.
+    scores minus the bias (rankings and pairwise losses are unchanged; add
+    `model.config.instructjax_score_bias` to get the scores PPO was rewarded with); an
+    instructjax import restores it, so `instructjax.load(export)` scores exactly as before.
+  "error": refuse a non-zero bias, naming the value; a zero bias exports silently.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from instructjax.models.config import ModelConfig
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-SCORE_BIAS_POLICIES = ("error", "store")
+SCORE_BIAS_POLICIES = ("store", "error")
 
 
 @dataclasses.dataclass
@@ -104,7 +106,7 @@ def import_hf(path: str, *, dtype: str = "float32", param_dtype: str = "float32"
 def export_hf(path: str, config: ModelConfig, params: Params, *, head: str = "lm",
               tokenizer: Any = None, pad_token_id: Optional[int] = None,
               bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
-              score_bias: str = "error", max_shard_bytes: Optional[int] = None) -> None:
+              score_bias: str = "store", max_shard_bytes: Optional[int] = None) -> None:
   """Writes an HF directory for `DecoderLM(config, head)` with `params`.
 
   Args:
@@ -136,8 +138,8 @@ def export_hf(path: str, config: ModelConfig, params: Params, *, head: str = "lm
       if score_bias == "error":
         raise HFConversionError(
             f"score_bias is {bias!r} but HF's sequence-classification score has no bias, so HF "
-            "scores would be shifted by it. Zero it, or export with score_bias='store' (HF "
-            "scores = instructjax scores - bias; recorded in config.json for re-import)")
+            "scores would be shifted by it. Zero it, or export with score_bias='store' (the "
+            "default: HF scores = instructjax scores - bias, the bias recorded in config.json)")
       bias_to_record = bias
   hf_config = config_to_hf(config, head, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
                            eos_token_id=eos_token_id, score_bias=bias_to_record)

@@ -6,9 +6,18 @@ is masked out). Tokenizers without a PAD (GPT-2, Llama 3) or whose PAD is their 
 get a new special token `<|pad|>` appended to the vocabulary; the model importer grows the
 embedding to match (new rows = mean embedding, see `instructjax.hf.weights.grow_vocab`). The
 tokenizer is saved with the added token, so a re-import finds it and changes nothing.
+
+Tokens of a tokenizer class, not of the checkpoint: transformers 5 loads every `qwen2`
+directory with its Qwen2Tokenizer, whose constructor defaults `unk_token` (and `eos_token`,
+`pad_token`) to `<|endoftext|>` and appends that token when the vocabulary lacks it. Such a
+token is in neither tokenizer.json nor the directory's special-token settings, and the model
+has no embedding row for it; `from_pretrained` loads without it (the attribute set to None),
+so the vocabulary keeps the checkpoint's size, and the saved tokenizer_config.json records the
+None, so transformers loads the export the same way.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -51,10 +60,14 @@ class HFTokenizer:
     if not os.path.isdir(path):
       raise FileNotFoundError(f"{path} is not a local directory with tokenizer files")
     from transformers import AutoTokenizer  # Optional dependency: instructjax[hf].
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    kw = dict(local_files_only=True, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(path, **kw)
     if not getattr(tok, "is_fast", False):
       raise ValueError(f"{path}: {type(tok).__name__} is a slow tokenizer; instructjax needs a "
                        "fast (tokenizers-backed) one, i.e. a tokenizer.json")
+    foreign = class_default_tokens(tok, path)
+    if foreign:  # See the module docstring.
+      tok = AutoTokenizer.from_pretrained(path, **kw, **{attr: None for attr in foreign})
     return cls(tok, add_pad=add_pad, where=path)
 
   # --- Tokenizer protocol
@@ -98,6 +111,29 @@ class HFTokenizer:
   def __repr__(self) -> str:
     return (f"HFTokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size}, "
             f"pad_id={self.pad_id}, bos_id={self.bos_id}, eos_id={self.eos_id})")
+
+
+def class_default_tokens(tokenizer: Any, path: str) -> dict[str, str]:
+  """{attribute: token} of the special tokens that `tokenizer` (loaded from `path`) has only
+  because its class defaults to them: the token is not in the directory's tokenizer.json and the
+  attribute is not set by its tokenizer_config.json or special_tokens_map.json."""
+  tokenizer_json = os.path.join(path, "tokenizer.json")
+  if not os.path.isfile(tokenizer_json):
+    return {}
+  from tokenizers import Tokenizer  # The file as written, without any class's additions.
+  in_file = Tokenizer.from_file(tokenizer_json).get_vocab(with_added_tokens=True)
+  named = set()
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    settings = os.path.join(path, name)
+    if os.path.isfile(settings):
+      with open(settings) as f:
+        named |= {k for k, v in json.load(f).items() if v is not None}
+  out = {}
+  for attr in ("unk_token", "bos_token", "eos_token", "pad_token"):
+    token = getattr(tokenizer, attr, None)
+    if token is not None and str(token) not in in_file and attr not in named:
+      out[attr] = str(token)
+  return out
 
 
 def _unused_token(tokenizer: Any, base: str) -> str:

@@ -2,8 +2,9 @@
 
 `config.data.source`:
   "instructworld"  generated on the fly from `config.data.world` (no files, no download);
-  "jsonl"          `config.data.train_path` / `config.data.eval_path` in the formats of
-                   instructjax/data/SCHEMAS.md (optionally through `config.data.adapter`);
+  "jsonl"          `config.data.train_path` / `config.data.eval_path` (optional: without it
+                   no held-out evaluation) in the formats of instructjax/data/SCHEMAS.md
+                   (optionally through `config.data.adapter`);
   "tfds"           `config.data.tfds_name` (+ `tfds_data_dir`), splits `train_split`/`eval_split`.
 """
 from __future__ import annotations
@@ -87,10 +88,23 @@ def check_encoding(config) -> None:
                         f"{ADAPTERS[data.adapter][1]}, but config.stage={config.stage!r} reads "
                         f"{kind}")
   shortest = 3 + bool(data.get("add_bos", False))
-  if data.seq_len < shortest:
+  if data.seq_len < shortest and data.seq_len != 0:  # 0: from the model (stages/lengths.py).
     raise ConfigError(f"config.data.seq_len={data.seq_len}: a sequence needs at least "
                       f"{shortest} tokens (a prompt token, a response token and EOS"
                       f"{', after BOS' if shortest == 4 else ''})")
+
+
+def check_tokenizer(config, tokenizer, key: str = "init_from") -> None:
+  """The tokenizer of config.`key` can encode as config.data says: a BOS for add_bos."""
+  if config.data.get("add_bos", False) and getattr(tokenizer, "bos_id", None) is None:
+    raise ConfigError(f"config.data.add_bos=True, but the tokenizer of config.{key} has no BOS "
+                      "token; leave add_bos off for this tokenizer")
+
+
+def has_eval(config) -> bool:
+  """Whether config.data names held-out records: InstructWorld and TFDS always do, JSONL when
+  config.data.eval_path is set."""
+  return config.data.source != "jsonl" or bool(config.data.eval_path)
 
 
 def encode_kwargs(config, kind: str) -> dict:
@@ -104,7 +118,8 @@ def encode_kwargs(config, kind: str) -> dict:
 
 
 def lm_records(config, kind: str, split: str) -> Any:
-  """Records (or a path) for the LM stages: kind "pretrain" ({"text"}) or "sft"."""
+  """Records (or a path) for the LM stages: kind "pretrain" ({"text"}) or "sft" (also the
+  comparisons' paths of the RM stage). See `has_eval` for whether there is an "eval" split."""
   data = config.data
   if data.source not in SOURCES:
     raise ConfigError(f"config.data.source: {data.source!r} is not one of {SOURCES}")

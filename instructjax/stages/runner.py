@@ -21,14 +21,14 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import jax
 
 from instructjax import model_io
-from instructjax.config import ConfigError
+from instructjax.config import RUNTIME_MODEL_FIELDS, ConfigError
 from instructjax.models import ModelConfig
 from instructjax.parallel.sharding import ShardingContext, get_rules, mesh_from_config
 from instructjax.training import CheckpointConfig, LoopSummary, interrupts, run_loop
 
 # Fields of the model config that describe how to run, not what the weights are: a stage that
-# starts from a saved model takes these from its own config and the rest from the model.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "scan_layers", "dropout_rate")
+# starts from a saved model takes those its config sets from there and the rest from the model.
+RUNTIME_FIELDS = tuple(RUNTIME_MODEL_FIELDS)
 MODEL_DIR = "model"
 # Metrics computed with InstructWorld's gold judge: evaluation only, never model selection.
 GOLD_METRICS = ("correctness", "exact_match", "hallucination_rate")
@@ -52,10 +52,11 @@ def loop_steps(config) -> int:
 
 
 def runtime_fields(config, dropout: bool = True) -> dict[str, Any]:
-  """The run-time model fields of config.model; dropout off where the stage forbids it."""
-  out = {k: config.model[k] for k in RUNTIME_FIELDS}
+  """The run-time model fields config.model sets (None: as the start model has it); dropout
+  off where the stage forbids it."""
+  out = {k: config.model[k] for k in RUNTIME_FIELDS if config.model.get(k) is not None}
   if not dropout:
-    if out["dropout_rate"]:
+    if out.get("dropout_rate"):
       _log.warning("config.model.dropout_rate=%s is ignored: config.stage=%r runs without "
                    "dropout", out["dropout_rate"], config.stage)
     out["dropout_rate"] = 0.0
@@ -118,12 +119,15 @@ def model_spec(path: str, key: str, head: Optional[str] = None) -> ModelConfig:
 
 def _hf_spec(path: str, key: str) -> tuple[ModelConfig, str]:
   from instructjax.hf import HFConversionError, is_hf_dir, read_hf_config, spec_from_hf
+  from instructjax.hf.config import stored_dtype
   if not is_hf_dir(path):
     raise ConfigError(f"config.{key}: {path} is neither an instructjax model directory "
                       f"({model_io.MODEL_CONFIG_FILE} + {model_io.PARAMS_DIR}/) nor a Hugging "
                       "Face one (config.json)")
   try:
-    spec = spec_from_hf(read_hf_config(path), os.path.join(path, "config.json"))
+    hf = read_hf_config(path)
+    # As model_io.load_any_model imports it: computing in the stored dtype, float32 weights.
+    spec = spec_from_hf(hf, os.path.join(path, "config.json"), dtype=stored_dtype(hf))
   except (HFConversionError, OSError, ValueError) as e:
     raise ConfigError(f"config.{key}: {e}") from e
   return spec.config, spec.head

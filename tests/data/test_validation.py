@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from instructjax.data import DataError, load_records, make_comparison_iterator, make_lm_iterator
+from instructjax.data import (DataError, load_records, make_comparison_iterator,
+                              make_lm_iterator, make_prompt_iterator)
 from instructjax.data.schemas import render_chat_prompt
 
 GOOD_CMP = {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]}
@@ -41,6 +42,13 @@ def test_exact_message_for_bad_ranking(write_jsonl):
     ("demonstrations", {"messages": [{"role": "assistant", "content": "hi"}]}, "empty_prompt",
      "at least one turn"),
     ("prompts", {"question": "q"}, "missing_field", "missing field 'prompt'"),
+    ("prompts", {"messages": [{"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": "yo"}]}, "bad_dialogue",
+     "must not have role 'assistant'"),
+    ("prompts", {"messages": [{"role": "user", "content": " "}]}, "empty_prompt",
+     "every message of the chat prompt is empty"),
+    ("prompts", {"messages": "hi"}, "bad_type", "non-empty list"),
+    ("prompts", {"messages": [{"role": "user"}]}, "bad_type", "message 0 must be"),
     ("texts", {"text": ""}, "empty_text", "'text' is empty"),
 ])
 def test_each_bad_record_names_file_and_line(write_jsonl, kind, bad, reason, fragment):
@@ -168,6 +176,60 @@ def test_chat_template_used_when_the_tokenizer_has_one():
   assert t.calls == [([{"role": "user", "content": "hi"}], True)]
   # Loss only on "yo" + EOS.
   assert t.decode(batch["targets"][0][batch["loss_mask"][0]], skip_special=False) == "yo<eos>"
+
+
+CHAT_PROMPT = {"messages": [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Sky colour?"}], "gold": "blue"}
+
+
+def test_chat_prompts_keep_their_turns_and_metadata(write_jsonl):
+  [rec], _ = load_records(write_jsonl("prompts.jsonl", [CHAT_PROMPT]), "prompts")
+  assert rec.messages == tuple(CHAT_PROMPT["messages"])
+  assert rec.prompt == "System: Be brief.\nUser: Sky colour?\nAssistant: "
+  assert rec.metadata == {"gold": "blue"}
+
+
+def _prompt_text(records, tokenizer, **kw):
+  it = make_prompt_iterator(records, tokenizer, batch_size=1, prompt_len=60, seed=0,
+                            shard_index=0, shard_count=1, **kw)
+  batch = next(it)
+  return tokenizer.decode(batch["tokens"][0][batch["segment_ids"][0] > 0], skip_special=False)
+
+
+def test_chat_prompts_go_through_the_template_or_the_plain_rendering():
+  t = _TemplateTokenizer()
+  assert _prompt_text([CHAT_PROMPT], t) == "(system)Be brief.(user)Sky colour?(assistant)"
+  assert t.calls == [(CHAT_PROMPT["messages"], True)]
+  assert _prompt_text([CHAT_PROMPT], _tok()) == ("System: Be brief.\nUser: Sky colour?\n"
+                                                 "Assistant: ")  # No template: plain.
+  assert _prompt_text([{"prompt": "Sky?"}], _tok(), add_bos=True) == "<bos>Sky?"
+
+
+class _BosTemplateTokenizer(_TemplateTokenizer):
+  """A template that writes BOS itself (as Llama 3's does), returning token ids."""
+
+  def apply_chat_template(self, messages, add_generation_prompt=False):
+    return [self.bos_id] + self.encode(super().apply_chat_template(messages,
+                                                                   add_generation_prompt))
+
+
+def test_add_bos_gives_one_bos_whether_or_not_the_template_writes_it():
+  for t in (_TemplateTokenizer(), _BosTemplateTokenizer()):
+    text = _prompt_text([CHAT_PROMPT], t, add_bos=True)
+    assert text == "<bos>(system)Be brief.(user)Sky colour?(assistant)", type(t).__name__
+    demo = {"messages": CHAT_PROMPT["messages"] + [{"role": "assistant", "content": "Blue."}]}
+    batch = next(make_lm_iterator([demo], t, batch_size=1, seq_len=64, seed=0, pack=False,
+                                  add_bos=True, shard_index=0, shard_count=1))
+    row = batch["tokens"][0][batch["segment_ids"][0] > 0]
+    assert t.decode(row, skip_special=False).startswith("<bos>(system)")
+    assert list(row).count(t.bos_id) == 1
+  # Cut from the left, the BOS stays in front.
+  text = _prompt_text([CHAT_PROMPT], _BosTemplateTokenizer(), add_bos=True, truncate=True)
+  short = make_prompt_iterator([CHAT_PROMPT], _BosTemplateTokenizer(), batch_size=1,
+                               prompt_len=12, seed=0, add_bos=True, shard_index=0, shard_count=1)
+  b = next(short)
+  assert b["tokens"][0][0] == 1 and text.endswith("(assistant)")
+  assert _BosTemplateTokenizer().decode(b["tokens"][0]) == text[-11:]
 
 
 def _tok():

@@ -66,6 +66,8 @@ def test_cli_end_to_end(exported, tmp_path):
     ('["a list"]', "expected a JSON object"),
     ('{"text": "no prompt key"}', 'missing "prompt"'),
     ('{"prompt": 7}', "must be a string"),
+    ('{"messages": [{"role": "user"}]}', '"messages" must be a non-empty list'),
+    ('{"messages": []}', '"messages" must be a non-empty list'),
 ])
 def test_bad_input_line_names_file_and_line(line, message, tmp_path):
   cli = _load_script()
@@ -87,3 +89,22 @@ def test_cli_reports_bad_line_and_exits_nonzero(exported, tmp_path):
   assert f"error: {inp}:2: invalid JSON" in proc.stderr
   assert not os.path.exists(out)
   print("CLI bad line:", proc.stderr.strip())
+
+
+def test_chat_prompts_from_an_instructjax_directory_without_orbax_chatter(exported, tmp_path):
+  """{"messages"} prompts as PPO reads them; loading an instructjax model directory (orbax)
+  logs none of orbax's INFO lines."""
+  model = instructjax.load(exported).save(str(tmp_path / "model"))
+  messages = [{"role": "user", "content": "hello world"}]
+  inp, out = str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")
+  _write(inp, [json.dumps({"messages": messages}), json.dumps({"prompt": "the cat"})])
+  cmd = [sys.executable, SCRIPT, f"--checkpoint={model}", f"--prompts={inp}", f"--output={out}",
+         "--max_new_tokens=6"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "orbax" not in proc.stderr.lower(), proc.stderr[-3000:]
+  with open(out) as f:
+    records = [json.loads(line) for line in f]
+  assert records == instructjax.load(model).generate([messages, "the cat"], max_new_tokens=6,
+                                                     temperature=0.0)

@@ -87,19 +87,24 @@ def test_score_api_matches_transformers_on_text(rm_dirs):
                    lm.tokenizer).score(prompts, responses)
 
 
-def test_nonzero_score_bias_refused_or_stored(rm_dirs, tmp_path):
+def test_nonzero_score_bias_is_stored_by_default_or_refused(rm_dirs, tmp_path):
   lm = instructjax.from_hf(rm_dirs["qwen2"])
   lm.params["score_bias"] = lm.params["score_bias"] + 0.375
   with pytest.raises(HFConversionError, match="score_bias"):
-    lm.to_hf(str(tmp_path / "refused"))
+    lm.to_hf(str(tmp_path / "refused"), score_bias="error")
   out = str(tmp_path / "stored")
-  lm.to_hf(out, score_bias="store")
+  lm.to_hf(out)  # A folded normalisation exports without extra arguments.
   assert read_hf_config(out)[SCORE_BIAS_KEY] == 0.375
-  # transformers ignores the bias: its scores are ours minus the bias ...
+  # transformers ignores the bias: its scores are ours minus the bias, and adding the recorded
+  # value (what the README tells a transformers user) gives ours ...
   hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
   tokens, mask = left_padded_batch(lm.config.vocab_size, lm.tokenizer.pad_id)
-  np.testing.assert_allclose(_scores(lm, tokens, mask) - 0.375,
-                             hf_forward(hf_model, tokens, mask)[:, 0], atol=TOL)
+  ours = _scores(lm, tokens, mask)
+  np.testing.assert_allclose(ours - 0.375, hf_forward(hf_model, tokens, mask)[:, 0], atol=TOL)
+  np.testing.assert_allclose(
+      ours, hf_forward(hf_model, tokens, mask)[:, 0] + hf_model.config.instructjax_score_bias,
+      atol=TOL)
   # ... while an instructjax import restores it exactly.
   again = import_hf(out)
   assert np.array_equal(again.params["score_bias"], np.asarray(lm.params["score_bias"]))
+  assert np.array_equal(_scores(instructjax.load(out), tokens, mask), ours)

@@ -1,4 +1,7 @@
 """HFTokenizer: the Tokenizer protocol over local HF files, PAD policy, chat templates."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 from hf_testlib import make_hf_tokenizer
@@ -80,3 +83,39 @@ def test_gpt2_embedding_grows_for_the_added_pad(hf_dirs):
   np.testing.assert_array_equal(imp.params["embed"][:-1], without.params["embed"])
   np.testing.assert_allclose(imp.params["embed"][-1], without.params["embed"].mean(0), atol=1e-6)
   assert imp.tokenizer.pad_id == imp.config.vocab_size - 1
+
+
+def test_tokens_a_transformers_class_adds_at_load_time_are_left_out(tmp_path):
+  """transformers 5 loads every qwen2 directory with Qwen2Tokenizer, which appends its default
+  unk_token <|endoftext|> when the vocabulary lacks it: the checkpoint's size is kept."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from hf_testlib import SENTENCES
+  import transformers
+  tk = Tokenizer(models.BPE())
+  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tk.decoder = decoders.ByteLevel()
+  tk.train_from_iterator(SENTENCES * 4, trainers.BpeTrainer(
+      vocab_size=120, special_tokens=["<|im_start|>", "<|im_end|>", "<pad>"], initial_alphabet=[]))
+  raw = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>",
+                                             pad_token="<pad>")
+  d = str(tmp_path / "qwen2")
+  cfg = transformers.Qwen2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, intermediate_size=32,
+                                 vocab_size=len(raw), max_position_embeddings=64)
+  transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+  raw.save_pretrained(d)
+  loaded = transformers.AutoTokenizer.from_pretrained(d)
+  assert len(loaded) == len(raw) + 1 and loaded.unk_token == "<|endoftext|>"  # The cause.
+
+  tok = HFTokenizer.from_pretrained(d)
+  assert tok.vocab_size == len(raw) and not tok.added_pad
+  assert tok.hf.unk_token is None and tok.encode("<|endoftext|>") == raw.encode(
+      "<|endoftext|>", add_special_tokens=False)  # Plain text, no out-of-vocabulary id.
+  imp = import_hf(d)
+  assert imp.config.vocab_size == len(raw) == imp.params["embed"].shape[0]
+  # Saved (as an export saves it), transformers and instructjax load the same size again.
+  out = str(tmp_path / "saved")
+  tok.save(out)
+  shutil.copy(os.path.join(d, "config.json"), out)
+  assert len(transformers.AutoTokenizer.from_pretrained(out)) == len(raw)
+  assert HFTokenizer.from_pretrained(out).vocab_size == len(raw)

@@ -1,11 +1,13 @@
 """Pretrain -> SFT through the stage driver on a very small InstructWorld, and bitwise resume."""
 import importlib.util
+import json
 import os
 
 import jax
 import numpy as np
 import pytest
 
+from instructjax.config import ConfigError
 from instructjax.model_io import load_model
 from instructjax.stages.lm import run as lm_driver
 from instructjax.training import read_metrics
@@ -101,3 +103,23 @@ def test_relative_workdir(tmp_path, monkeypatch):
   lm_driver.run(small_config("pretrain.py", 2), "runs/rel")
   assert os.path.isdir(tmp_path / "runs" / "rel" / "checkpoints" / "2")
   assert load_model(str(tmp_path / "runs" / "rel" / "model"))[3] == "lm"
+
+
+def test_sft_without_held_out_records_trains_and_says_so(pretrained, tmp_path, caplog):
+  """eval_path is optional: no held-out loss in results or logs, rather than a made-up one."""
+  pre_dir, _ = pretrained
+  path = tmp_path / "demos.jsonl"
+  path.write_text("".join(json.dumps({"prompt": f"sort: {i} 1\n", "response": f"1 {i}"}) + "\n"
+                          for i in range(2, 9)))
+  c = small_config("sft.py", 2)
+  c.init_from = os.path.join(pre_dir, "model")
+  c.data.update(source="jsonl", train_path=str(path))
+  with caplog.at_level("INFO"):
+    out = lm_driver.run(c, str(tmp_path / "sft"))
+  assert out["complete"] and "eval_loss" not in out
+  assert "eval_loss" not in load_model(os.path.join(tmp_path, "sft", "model"))[4]
+  assert "no held-out records (config.data.eval_path), no eval loss" in caplog.text
+  c.train.keep_best_metric = "loss"
+  with pytest.raises(ConfigError, match=r"keep_best_metric='loss' needs held-out data: set "
+                                        r"config\.data\.eval_path"):
+    lm_driver.run(c, str(tmp_path / "best"))

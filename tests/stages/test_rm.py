@@ -312,3 +312,25 @@ def test_a_jsonl_comparison_with_one_response_fails_naming_file_and_line(sft_dir
   with pytest.raises(DataError, match=rf"{path}:2: .*K >= 2"):
     rm_driver.run(c, str(tmp_path / "w"))
   assert nothing_written(str(tmp_path / "w"))
+
+
+def test_sft_samples_are_drawn_with_bos_when_the_data_has_it(monkeypatch):
+  """The SFT policy read [BOS] + prompt in training: its samples for comparisons and the
+  normalisation are drawn from the same, and the cache knows which."""
+  from instructjax.stages.rm import sampling
+  seen = []
+
+  def fake_generate(model, params, tokenizer, prompts, sampling_cfg, **kw):
+    seen.append(kw["add_bos"])
+    return [("x", True)] * len(prompts)
+  monkeypatch.setattr(sampling, "generate_texts", fake_generate)
+  c = load_rm_config()
+  settings = []
+  for add_bos in (False, True):
+    c.data.add_bos = add_bos
+    sft = sampling.Sft(c, None)
+    sft._loaded = (None, None, CharTokenizer())
+    sft.sampler("norm_samples", for_normalization=True).texts(["sort: 2 1\n"])
+    settings.append(sft.settings())
+  assert seen == [False, True]
+  assert "add_bos" not in settings[0] and settings[1]["add_bos"] is True

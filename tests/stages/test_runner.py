@@ -11,6 +11,7 @@ import pytest
 from instructjax import config as config_lib
 from instructjax import model_io
 from instructjax.config import ConfigError
+from instructjax.hf.config import stored_dtype
 from instructjax.models import DecoderLM, get_preset
 from instructjax.stages import runner
 from instructjax.tokenizer import CharTokenizer
@@ -150,3 +151,39 @@ def test_a_workdir_that_is_a_file_or_read_only_is_refused(tmp_path, monkeypatch)
     with workdir_lib.claimed(os.path.join(ro, "run")):
       pass
   assert os.listdir(ro) == []
+
+
+def test_a_runtime_only_model_section_leaves_unset_fields_to_the_checkpoint():
+  c = ml_collections.ConfigDict({"stage": "sft", "model": config_lib.runtime_model_config()})
+  assert config_lib.is_runtime_only(c.model)
+  assert runner.runtime_fields(c) == {}
+  assert runner.runtime_fields(c, dropout=False) == {"dropout_rate": 0.0}
+  c.model.dtype, c.model.scan_layers = "bfloat16", False
+  assert runner.runtime_fields(c) == {"dtype": "bfloat16", "scan_layers": False}
+  c.model.remat = "everything"
+  with pytest.raises(ConfigError, match=r"config\.model\.remat"):
+    config_lib.to_model_config(c.model)
+  # A preset's section sets every field, as before.
+  preset = ml_collections.ConfigDict({"stage": "sft", "model": config_lib.model_config("tiny")})
+  assert set(runner.runtime_fields(preset)) == set(runner.RUNTIME_FIELDS)
+
+
+@pytest.mark.parametrize("hf,want", [
+    ({"torch_dtype": "bfloat16"}, "bfloat16"), ({"dtype": "float16"}, "float16"),
+    ({"torch_dtype": "float32"}, "float32"), ({}, "float32"), ({"dtype": "int8"}, "float32"),
+])
+def test_stored_dtype(hf, want):
+  assert stored_dtype(hf) == want
+
+
+def test_add_bos_needs_a_tokenizer_with_one():
+  from types import SimpleNamespace
+  from instructjax.stages import inputs
+  c = ml_collections.ConfigDict({"data": {"add_bos": True}})
+  inputs.check_tokenizer(c, CharTokenizer())
+  no_bos = SimpleNamespace(bos_id=None)  # Qwen2's tokenizers have none.
+  with pytest.raises(ConfigError, match=r"config\.data\.add_bos=True, but the tokenizer of "
+                                        r"config\.init_from has no BOS"):
+    inputs.check_tokenizer(c, no_bos)
+  c.data.add_bos = False
+  inputs.check_tokenizer(c, no_bos)

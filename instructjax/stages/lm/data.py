@@ -30,7 +30,9 @@ def train_batches(config, tokenizer, ctx) -> DeviceIterator:
 
 
 def eval_batches(config, tokenizer, ctx) -> list[dict]:
-  """The first train.eval_batches batches of the held-out split, in order."""
+  """The first train.eval_batches batches of the held-out split, in order (none without one)."""
+  if not inputs.has_eval(config):
+    return []
   records = inputs.lm_records(config, config.stage, "eval")
   it = _iterator(records, tokenizer, config, seed=0, num_epochs=1, shuffle=False,
                  drop_remainder=False, log=False)

@@ -13,7 +13,7 @@ from instructjax.generation import SamplingConfig
 from instructjax.models import ModelConfig
 from instructjax.ops import adaptive_kl_controller, fixed_kl_controller
 from instructjax.ops.kl import KLController
-from instructjax.stages import inputs, runner
+from instructjax.stages import inputs, lengths, runner
 from instructjax.stages.ppo.evaluate import EVAL_METRICS
 from instructjax.stages.ppo.step import PPOConfig
 
@@ -73,10 +73,11 @@ def check_normalization(config) -> None:
                  "rm.norm_temperature / rm.norm_max_new_tokens to match)", drawn, ours)
 
 
-def check(config) -> tuple[PPOConfig, ModelConfig, ModelConfig]:
+def check(config) -> tuple[object, PPOConfig, ModelConfig, ModelConfig]:
   """Every PPO check, before any weight is loaded or anything compiled.
 
-  Returns (PPOConfig, policy ModelConfig, reward-model ModelConfig), runtime fields applied.
+  Returns the config with the lengths it leaves to the models filled in (stages/lengths.py),
+  the PPOConfig, and the policy's and reward model's ModelConfigs, runtime fields applied.
   """
   if config.stage != "ppo":
     raise ConfigError(f"config.stage: the PPO stage runs 'ppo', not {config.stage!r}")
@@ -124,12 +125,22 @@ def check(config) -> tuple[PPOConfig, ModelConfig, ModelConfig]:
   if config.data.source != "instructworld" and cfg.use_ptx and not config.data.ptx_path:
     raise ConfigError("config.data.ptx_path: pretraining texts are required when "
                       f"config.ppo.ptx_coef={cfg.ptx_coef} > 0")
-  if config.data.prompt_len < 1:
-    raise ConfigError(f"config.data.prompt_len: must be >= 1, got {config.data.prompt_len}")
-
   runtime = runner.runtime_fields(config, dropout=False)  # See stages/ppo/step.py.
   policy_cfg = runner.model_spec(config.init_from, "init_from", "lm").replace(**runtime)
   rm_cfg = runner.model_spec(config.reward_model, "reward_model", "scalar").replace(**runtime)
+  config = lengths.with_lengths(config, {
+      "prompt_len": (lambda: lengths.auto_prompt_len(int(p.max_new_tokens),
+                                                     policy_cfg.max_seq_len, rm_cfg.max_seq_len),
+                     f"min({lengths.AUTO_PROMPT_LEN}, room for config.ppo.max_new_tokens="
+                     f"{p.max_new_tokens} in config.init_from's max_seq_len "
+                     f"{policy_cfg.max_seq_len} and config.reward_model's "
+                     f"{rm_cfg.max_seq_len} with EOS)"),
+      "seq_len": (lambda: lengths.auto_seq_len(policy_cfg.max_seq_len),
+                  f"min({lengths.AUTO_SEQ_LEN}, max_seq_len {policy_cfg.max_seq_len} of "
+                  "config.init_from)")})
+  if config.data.prompt_len < 1:
+    raise ConfigError(f"config.data.prompt_len: must be >= 1 (0 = from the models), got "
+                      f"{config.data.prompt_len}")
   check_normalization(config)
   width = config.data.prompt_len + p.max_new_tokens
   what = "config.data.prompt_len + config.ppo.max_new_tokens"
@@ -138,5 +149,4 @@ def check(config) -> tuple[PPOConfig, ModelConfig, ModelConfig]:
   runner.check_seq_len(width + 1, what + " + 1 (EOS)", rm_cfg, "reward_model")
   if cfg.use_ptx or config.train.eval_batches:
     runner.check_seq_len(config.data.seq_len, "config.data.seq_len", policy_cfg, "init_from")
-  return cfg, policy_cfg.validate(), rm_cfg.validate()
-
+  return config, cfg, policy_cfg.validate(), rm_cfg.validate()

@@ -1,7 +1,7 @@
 """PPO's held-out evaluation: episodes on fixed prompts (RM score, KL to the SFT policy,
-length, EOS, courtesy prefix, gold correctness where prompts have gold answers, and the
-closed-domain hallucination rate on InstructWorld prompts) and the held-out pretraining loss,
-the alignment-tax numbers.
+length, EOS, gold correctness where prompts have gold answers, the closed-domain hallucination
+rate on InstructWorld prompts and there the courtesy prefix its polite labelers like) and the
+held-out pretraining loss, the alignment-tax numbers.
 
 Gold correctness and hallucination are reported only: keep-best may not use them
 (stages/runner.py), and nothing in training reads them.
@@ -42,8 +42,10 @@ class Evaluator:
 
   def __init__(self, models: PPOModels, sampling: SamplingConfig, tokenizer,
                prompt_batches: Sequence[dict], records: Sequence[Any], num_prompts: int,
-               lm_batches: Sequence[dict], ctx: Optional[ShardingContext], seed: int):
+               lm_batches: Sequence[dict], ctx: Optional[ShardingContext], seed: int,
+               courtesy: bool = True):
     self.episodes = _jit_episodes(models, sampling, ctx)
+    self.courtesy = courtesy  # InstructWorld's "sure! " prefix: meaningless in other data.
     self.num_prompts = num_prompts
     self.lm_eval = jax.jit(make_lm_eval_step(models.policy))
     self.tokenizer, self.prompt_batches, self.lm_batches = tokenizer, prompt_batches, lm_batches
@@ -51,6 +53,10 @@ class Evaluator:
     # Closed-domain hallucination is defined for InstructWorld prompts only.
     self.world_prompts = [r.prompt if is_world_prompt(r.prompt) else None for r in records]
     self.key = jax.random.fold_in(jax.random.key(seed), 3)
+
+  def __bool__(self) -> bool:
+    """Whether there is anything held out to evaluate on."""
+    return bool(self.prompt_batches or self.lm_batches)
 
   def __call__(self, policy_params, ref_params, rm_params) -> dict[str, float]:
     interrupts.check()  # A signal whose exception got lost stops the run here.
@@ -77,7 +83,8 @@ class Evaluator:
         cols["kl"].append(float(m["kl"][r]))
         cols["length"].append(int(m["lengths"][r]))
         cols["finished"].append(finished)
-        cols["prefix"].append(has_courtesy_prefix(text))
+        if self.courtesy:
+          cols["prefix"].append(has_courtesy_prefix(text))
         gold = self.golds[ex]
         if gold is not None:
           cols["correct"].append(correctness(text, finished, gold))
@@ -87,7 +94,9 @@ class Evaluator:
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")
     out = {"score": mean(cols["score"]), "kl": mean(cols["kl"]),
            "response_length": mean(cols["length"]), "eos_fraction": mean(cols["finished"]),
-           "courtesy_prefix_fraction": mean(cols["prefix"]), "num_prompts": len(cols["score"])}
+           "num_prompts": len(cols["score"])}
+    if self.courtesy:
+      out["courtesy_prefix_fraction"] = mean(cols["prefix"])
     if cols["correct"]:
       out.update(correctness=mean(cols["correct"]), exact_match=mean(cols["exact"]))
     if cols["hallucination"]:

@@ -24,7 +24,7 @@ import jax
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM
 from instructjax.models.heads import scalar_model_from_lm
-from instructjax.stages import runner
+from instructjax.stages import inputs, runner
 from instructjax.stages.ppo import data
 from instructjax.stages.ppo.checks import check, kl_controller, sampling_config
 from instructjax.stages.ppo.evaluate import EVAL_METRICS, Evaluator, eval_params, log_start_eval
@@ -41,7 +41,7 @@ _log = logging.getLogger(__name__)
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains the policy with PPO(-ptx); returns its results (also in ppo_results.json)."""
-  cfg, _, _ = check(config)
+  config, cfg, _, _ = check(config)
   with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
     return _train(config, workdir, cfg)
 
@@ -54,6 +54,7 @@ def load_weights(config):
                                                                  "lm", runtime)
   rm_params, rm_cfg, rm_tokenizer = runner.load_start_model(config.reward_model, "reward_model",
                                                             "scalar", runtime)
+  inputs.check_tokenizer(config, tokenizer)
   if (tokenizer.vocab_size, tokenizer.eos_id, tokenizer.pad_id) != (
       rm_tokenizer.vocab_size, rm_tokenizer.eos_id, rm_tokenizer.pad_id):
     raise ConfigError("config.reward_model: its tokenizer differs from the policy's "
@@ -108,16 +109,18 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
   # --- Evaluation: the SFT policy once (the baseline), then the policy every eval_every steps
   evaluator = Evaluator(models, sampling_config(config, tokenizer, config.ppo.eval_temperature),
                         tokenizer, eval_prompts, eval_records, num_eval, heldout_text, ctx,
-                        config.seed)
+                        config.seed, courtesy=config.data.source == "instructworld")
   t0 = time.time()
   sft_eval = evaluator(state.ref_params, state.ref_params, state.rm_params)
-  _log.info("SFT policy on held-out prompts (%.1fs): %s", time.time() - t0, sft_eval)
-  log_start_eval(workdir, sft_eval)
+  if sft_eval:
+    _log.info("SFT policy on held-out data (%.1fs): %s", time.time() - t0, sft_eval)
+    log_start_eval(workdir, sft_eval)
 
   # --- Loop: checkpoints, resume, periodic evaluation
   state, summary = runner.train(
       step_fn, state, batches, jax.random.fold_in(jax.random.key(config.seed), 2), config,
-      workdir, eval_fn=lambda s, step: evaluator(eval_params(s), s.ref_params, s.rm_params),
+      workdir, eval_fn=((lambda s, step: evaluator(eval_params(s), s.ref_params, s.rm_params))
+                        if evaluator else None),
       eval_metrics=EVAL_METRICS, model_config=policy_cfg, tokenizer=tokenizer,
       progress_metrics=("score", "kl", "beta"))
   if not runner.is_finished(summary, config):
@@ -144,19 +147,24 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
   meta = {"stage": "ppo", "steps": summary.final_step, "ptx_coef": cfg.ptx_coef,
           "ema": cfg.ema_decay > 0, "init_from": results["init_from"],
           "reward_model": results["reward_model"],
-          "heldout_score": final_eval.get("score"), "heldout_kl": final_eval.get("kl")}
+          **{f"heldout_{k}": final_eval[k] for k in ("score", "kl") if k in final_eval}}
   runner.write_model(os.path.join(workdir, VALUE_MODEL_DIR), state.value_params, rm_cfg,
                      tokenizer, head="scalar", meta={**meta, "stage": "ppo_value"})
   runner.write_model(runner.model_dir(workdir), eval_params(state), policy_cfg, tokenizer,
                      head="lm", meta=meta)
   results["wall_time_s"] = time.time() - t_start
   runner.write_json(os.path.join(workdir, RESULTS_FILE), results)
-  _log.info("ppo finished in %.0fs: held-out %s; model in %s", results["wall_time_s"],
-            _changes(sft_eval, final_eval), runner.model_dir(workdir))
+  _log.info("ppo finished in %.0fs: %s; model in %s", results["wall_time_s"],
+            changes(sft_eval, final_eval), runner.model_dir(workdir))
   return results
 
 
-def _changes(before: dict, after: dict) -> str:
-  """'score 0.1 -> 0.3, kl 0.0 -> 1.2, ...' for the metrics this evaluation has."""
-  keys = [k for k in ("score", "kl", "correctness", "pretrain_heldout_loss") if k in after]
-  return ", ".join(f"{k} {before.get(k, float('nan')):.3f} -> {after[k]:.3f}" for k in keys)
+def changes(before: dict, after: dict) -> str:
+  """'held-out score 0.1 -> 0.3, kl 0.0 -> 1.2, ...' for the metrics both evaluations have, or
+  what held-out data would give them."""
+  keys = [k for k in ("score", "kl", "correctness", "pretrain_heldout_loss")
+          if k in after and k in before]
+  if not keys:
+    return ("no held-out evaluation (config.data.eval_path for prompts, "
+            "config.data.ptx_eval_path for pretraining text)")
+  return "held-out " + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in keys)

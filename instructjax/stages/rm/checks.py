@@ -7,7 +7,7 @@ import jax
 from instructjax import config as config_lib
 from instructjax.config import ConfigError
 from instructjax.models import ModelConfig
-from instructjax.stages import inputs, runner
+from instructjax.stages import inputs, lengths, runner
 from instructjax.stages.rm.data import packed_len
 from instructjax.stages.rm.evaluate import EVAL_METRICS
 
@@ -15,8 +15,9 @@ NORMALIZE_MODES = ("bias", "gain_bias", "none")
 NORM_PROMPTS = ("train", "heldout")
 
 
-def check(config) -> ModelConfig:
-  """Returns the reward model's ModelConfig: the SFT model's (config.init_from), with the run's
+def check(config) -> tuple[object, ModelConfig]:
+  """Returns the config with the lengths it leaves to the model filled in (stages/lengths.py)
+  and the reward model's ModelConfig: the SFT model's (config.init_from), with the run's
   runtime fields and no dropout (its noise would leak into the ranking targets)."""
   if config.stage != "rm":
     raise ConfigError(f"config.stage: the reward-model stage runs 'rm', not {config.stage!r}")
@@ -26,6 +27,10 @@ def check(config) -> ModelConfig:
   if not config.init_from:
     raise ConfigError("config.init_from: the reward model starts from an SFT model directory; "
                       "none given")
+  model_cfg = runner.model_spec(config.init_from, "init_from", head="lm")
+  config = lengths.with_lengths(config, {"seq_len": (
+      lambda: lengths.auto_seq_len(model_cfg.max_seq_len),
+      f"min({lengths.AUTO_SEQ_LEN}, max_seq_len {model_cfg.max_seq_len} of config.init_from)")})
   rm = config.rm
   if rm.normalize not in NORMALIZE_MODES:
     raise ConfigError(f"config.rm.normalize: {rm.normalize!r} is not one of {NORMALIZE_MODES}")
@@ -53,10 +58,11 @@ def check(config) -> ModelConfig:
     raise ConfigError(f"config.data.k_max: a comparison needs K >= 2 slots, got "
                       f"{config.data.k_max} (0 = the largest K in the data)")
   inputs.check_source(config)
-  if config.data.source != "instructworld" and rm.norm_prompts == "heldout" and not (
-      config.data.eval_path or config.data.source == "tfds"):
+  if rm.norm_prompts == "heldout" and not inputs.has_eval(config):
     raise ConfigError("config.rm.norm_prompts='heldout' needs held-out comparisons "
                       "(config.data.eval_path)")
-  model_cfg = runner.model_spec(config.init_from, "init_from", head="lm")
+  if config.train.keep_best_metric and not inputs.has_eval(config):
+    raise ConfigError(f"config.train.keep_best_metric={config.train.keep_best_metric!r} needs "
+                      "held-out comparisons: set config.data.eval_path")
   runner.check_seq_len(config.data.seq_len, "config.data.seq_len", model_cfg, "init_from")
-  return model_cfg.replace(**runner.runtime_fields(config, dropout=False)).validate()
+  return config, model_cfg.replace(**runner.runtime_fields(config, dropout=False)).validate()

@@ -22,7 +22,7 @@ import jax
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM, ModelConfig
 from instructjax.models.heads import scalar_model_from_lm
-from instructjax.stages import runner
+from instructjax.stages import inputs, runner
 from instructjax.stages.device_data import DeviceIterator
 from instructjax.stages.jit import jit_step
 from instructjax.stages.rm import data, evaluate
@@ -40,7 +40,7 @@ _log = logging.getLogger(__name__)
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and normalises the reward model; returns its results."""
-  model_cfg = check(config)
+  config, model_cfg = check(config)
   with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
     return _train(config, workdir, model_cfg)
 
@@ -53,6 +53,7 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
   # --- Data, sampling included: every bad record is reported before the step compiles.
   sft = Sft(config, ctx)
   _, sft_params, tokenizer = sft.load()
+  inputs.check_tokenizer(config, tokenizer)
   rm_data = data.load_data(config, workdir, tokenizer, sft, ctx)
 
   # --- Model, optimizer and state: the SFT trunk with a zero score head.
@@ -101,9 +102,10 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
 
   # --- Model out
   meta = {"stage": "rm", "steps": summary.final_step, "normalization": normalization,
-          "heldout_accuracy": heldout.get("accuracy"),
           "comparison_source": rm_data.info.get("comparison_source"),
           "init_from": os.path.abspath(config.init_from)}
+  if heldout:
+    meta["heldout_accuracy"] = heldout["accuracy"]
   runner.write_model(runner.model_dir(workdir), params, model_cfg, tokenizer, head="scalar",
                      meta=meta)
   steps_done = summary.final_step - summary.start_step
@@ -118,15 +120,18 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
   if ceiling is not None:
     results["labeler_ceiling"] = ceiling
   runner.write_json(os.path.join(workdir, RESULTS_FILE), results)
-  _log.info("rm finished: held-out pairwise accuracy %s%s; SFT samples score %.3g -> %.2g after "
-            "normalisation; model in %s", _fmt(heldout.get("accuracy")),
-            "" if ceiling is None else
-            f" (labeler ceiling {_fmt(ceiling['group_utility_pair_accuracy'])}, group-blind "
-            f"{_fmt(ceiling['mixed_utility_pair_accuracy'])})",
-            normalization["score_mean_before"], normalization["score_mean_after"],
-            runner.model_dir(workdir))
+  _log.info("rm finished: %s; SFT samples score %.3g -> %.2g after normalisation; model in %s",
+            heldout_line(heldout, ceiling), normalization["score_mean_before"],
+            normalization["score_mean_after"], runner.model_dir(workdir))
   return results
 
 
-def _fmt(x) -> str:
-  return "n/a (no held-out comparisons)" if x is None else f"{x:.3f}"
+def heldout_line(heldout: dict, ceiling) -> str:
+  """What the held-out evaluation found, in the terms the data has."""
+  if not heldout:
+    return "no held-out comparisons (config.data.eval_path), no held-out accuracy"
+  line = f"held-out pairwise accuracy {heldout['accuracy']:.3f}"
+  if ceiling is not None:  # InstructWorld's labelers: the gold utility gives a ceiling.
+    line += (f" (labeler ceiling {ceiling['group_utility_pair_accuracy']:.3f}, group-blind "
+             f"{ceiling['mixed_utility_pair_accuracy']:.3f})")
+  return line

@@ -49,8 +49,9 @@ class PolicySampler:
 
   def __init__(self, model: DecoderLM, params: Any, tokenizer, sampling: SamplingConfig,
                batch_size: int, ctx: Optional[ShardingContext], seed: int, stream: str,
-               cache: JitCache):
+               cache: JitCache, add_bos: bool = False):
     self.model, self.params, self.tokenizer = model, params, tokenizer
+    self.add_bos = add_bos  # As the SFT policy read its prompts (config.data.add_bos).
     self.sampling, self.batch_size, self.ctx = sampling, batch_size, ctx
     self.seed, self.stream, self.calls = seed, stream, 0
     self.cache = cache
@@ -61,7 +62,8 @@ class PolicySampler:
     self.calls += 1
     return generate_texts(self.model, self.params, self.tokenizer, prompts, self.sampling,
                           seed=stable_seed(self.seed, self.stream, self.calls),
-                          batch_size=self.batch_size, shard=self.ctx, cache=self.cache)
+                          batch_size=self.batch_size, shard=self.ctx, cache=self.cache,
+                          add_bos=self.add_bos)
 
   def texts(self, prompts: Sequence[str]) -> list[tuple[str, bool]]:
     """[(text without EOS, finished)], one per prompt; blank texts redrawn (a few times)."""
@@ -165,15 +167,21 @@ class Sft:
     sampling = SamplingConfig(max_new_tokens=max_new, eos_id=tokenizer.eos_id,
                               pad_id=tokenizer.pad_id, temperature=temperature)
     return PolicySampler(model, params, tokenizer, sampling, rm.sample_batch_size, self.ctx,
-                         self.config.seed, stream, self.cache)
+                         self.config.seed, stream, self.cache, add_bos=self._add_bos())
 
   def release(self) -> None:
     self._loaded = None  # Frees the policy's weights (and its compiled sampler) before training.
     self.cache = JitCache()
 
+  def _add_bos(self) -> bool:
+    return bool(self.config.data.get("add_bos", False))
+
   def settings(self) -> dict:
     rm = self.config.rm
-    return {"init_from": os.path.abspath(self.config.init_from), "seed": self.config.seed,
-            "temperature": rm.temperature, "max_new_tokens": rm.max_new_tokens,
-            "sample_batch_size": rm.sample_batch_size}
+    out = {"init_from": os.path.abspath(self.config.init_from), "seed": self.config.seed,
+           "temperature": rm.temperature, "max_new_tokens": rm.max_new_tokens,
+           "sample_batch_size": rm.sample_batch_size}
+    if self._add_bos():  # Only when on, so caches written before the key stay valid.
+      out["add_bos"] = True
+    return out
 
