@@ -127,8 +127,9 @@ class DecoderLM(nn.Module):
       mask = AttentionMask.for_cache(segment_ids, k_segments, cache.index)
       caches, cache_index = (cache.k, cache.v), cache.index
     # The reference implementation's [B, T, S] mask is built once, outside the layer loop.
-    chosen = attention.select(cfg.attention, mask, t, mask.k_segments.shape[1], cfg.jnp_dtype,
-                              cfg.resolved_head_dim)
+    chosen = attention.select(cfg.attention, t, mask.k_segments.shape[1], cfg.jnp_dtype,
+                              cfg.resolved_head_dim, self_attention=mask.self_attention,
+                              shared_prefix=shared_prefix)
     dense_mask = mask.dense() if chosen == "reference" else None
 
     # The caches ride in the layer loop's carry (not as scanned inputs/outputs, which would

@@ -139,26 +139,25 @@ def test_cudnn_call_equals_reference_through_xla(kind):
 
 
 def test_selection_by_backend_dtype_and_mask():
-  seq = AttentionMask.for_sequence(jnp.ones((1, 8), jnp.int32))
-  shared = AttentionMask.for_sequence(jnp.ones((1, 8), jnp.int32), shared_prefix=True)
-  cache = AttentionMask.for_cache(jnp.ones((1, 1), jnp.int32), jnp.ones((1, 64), jnp.int32),
-                                  jnp.int32(3))
-  prefill = AttentionMask.for_cache(jnp.ones((1, 64), jnp.int32), jnp.ones((1, 80), jnp.int32),
-                                    jnp.int32(0))
   bf16, f32 = jnp.bfloat16, jnp.float32
   long = 4 * attention.dispatch.CPU_REFERENCE_MAX_KEYS
-  assert select("auto", seq, long, long, bf16, 64, "tpu") == "splash"
-  assert select("auto", shared, long, long, bf16, 64, "tpu") == "blocked"
-  assert select("auto", seq, long, long, bf16, 64, "gpu") == "cudnn"
-  assert select("auto", seq, long, long, f32, 64, "gpu") == "blocked"
-  assert select("auto", seq, long, long, bf16, 12, "gpu") == "blocked"  # Head dim not x 8.
-  assert select("auto", seq, 128, 128, f32, 64, "cpu") == "reference"
-  assert select("auto", seq, long, long, f32, 64, "cpu") == "blocked"
-  for backend in ("cpu", "gpu", "tpu"):  # Decode steps: [B, H, 1, S] scores.
-    assert select("auto", cache, 1, 64, bf16, 64, backend) == "reference"
-    assert select("auto", prefill, 64, long, bf16, 64, backend) == "blocked"
-  assert select("splash", cache, 1, 64, f32, 64, "cpu") == "blocked"
-  assert select("cudnn", seq, 8, 8, f32, 64, "gpu") == "blocked"
-  assert select("blocked", cache, 1, 64, f32, 64, "cpu") == "blocked"
+  seq = lambda impl, dtype=bf16, backend="cpu", t=long, head_dim=64, shared=False: select(
+      impl, t, t, dtype, head_dim, self_attention=True, shared_prefix=shared, backend=backend)
+  cache = lambda impl, t, backend="cpu", dtype=bf16: select(
+      impl, t, long, dtype, 64, self_attention=False, backend=backend)
+  assert seq("auto", backend="tpu") == "splash"
+  assert seq("auto", backend="tpu", shared=True) == "blocked"
+  assert seq("auto", backend="gpu") == "cudnn"
+  assert seq("auto", backend="gpu", shared=True) == "cudnn"  # A boolean mask: cuDNN takes it.
+  assert seq("auto", backend="gpu", dtype=f32) == "blocked"
+  assert seq("auto", backend="gpu", head_dim=12) == "blocked"  # Not a multiple of 8.
+  assert seq("auto", dtype=f32, t=128) == "reference"
+  assert seq("auto", dtype=f32) == "blocked"
+  for backend in ("cpu", "gpu", "tpu"):
+    assert cache("auto", 1, backend) == "reference"  # Decode steps: [B, H, 1, S] scores.
+    assert cache("auto", 64, backend) == "blocked"  # A prefill into the cache.
+  assert cache("splash", 1) == "blocked"
+  assert seq("cudnn", dtype=f32, backend="gpu") == "blocked"
+  assert cache("blocked", 1) == "blocked"
   with pytest.raises(ValueError, match="not one of"):
-    select("flash", seq, 8, 8, f32, 64, "cpu")
+    seq("flash")

@@ -4,13 +4,15 @@ Queries are taken block_q at a time; for each query block the keys are read bloc
 time with an online softmax (running max m, normaliser l, float32 accumulator), so at most
 [B, H, block_q, block_k] scores exist at once. Key blocks after a query block's last slot are
 skipped (causal). The backward pass (custom VJP, FlashAttention-2) recomputes each block's
-probabilities from the saved log-sum-exp instead of keeping them: residuals are q, k, v, the
-output and the [B, H, T] log-sum-exp, all linear in T.
+probabilities from the saved log-sum-exp instead of keeping them: the residuals are q, k, v,
+the output (in the layout the output projection reads, so it is kept once) and the
+[B, H, T] log-sum-exp, all linear in T.
 
 Masking follows `mask.attention_mask` exactly, with masked scores set to the float32 minimum
 as the reference does. A query that sees no key (padding) would see a uniform average over the
 key blocks it visited; the reference averages over all S keys, so such rows are recognised by
-their log-sum-exp (it stays at the float32 minimum) and given the mean of v over all keys.
+their log-sum-exp (it stays at the float32 minimum) and given the mean of v over all keys,
+whose gradient the backward pass spreads back over v.
 """
 from __future__ import annotations
 
@@ -39,32 +41,44 @@ def blocked_attention(q: Array, k: Array, v: Array, mask: AttentionMask,
   Returns [B, T, H, Dh] in v's dtype. T and S need not divide the block sizes (padded).
   block_q, block_k: default BLOCK_Q, BLOCK_K (read at call time).
   """
-  block_q, block_k = block_q or BLOCK_Q, block_k or BLOCK_K
-  b, t, h, dh = q.shape
+  t, s = q.shape[1], k.shape[2 if heads_first else 1]
+  bq, bk = min(block_q or BLOCK_Q, t), min(block_k or BLOCK_K, s)
+  return _flash(bq, bk, heads_first, mask.shared_prefix, q.astype(k.dtype), k, v,
+                mask.q_segments.astype(jnp.int32), mask.k_segments.astype(jnp.int32),
+                mask.q_slots.astype(jnp.int32))
+
+
+def _q_blocks(x: Array, bq: int, hkv: int) -> Array:
+  """[B, T, H, D] -> [B, Hkv, G, Tp, D]: the G query heads sharing a KV head side by side, T
+  padded to whole blocks with zeros."""
+  b, t, h, d = x.shape
+  x = jnp.moveaxis(x.reshape(b, t, hkv, h // hkv, d), 1, 3)
+  tp = -(-t // bq) * bq
+  return jnp.pad(x, ((0, 0),) * 3 + ((0, tp - t), (0, 0))) if tp > t else x
+
+
+def _to_blocks(bq, bk, heads_first, q, k, v, q_seg, k_seg, q_slots):
+  """The kernel's layout: q [B, Hkv, G, Tp, D], k, v [B, Hkv, Sp, D], T and S padded to whole
+  blocks; padding is segment 0 (padded queries see nothing and sit at the last real slot,
+  padded keys are never seen)."""
   if not heads_first:
-    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, Dh]
-  hkv, s = k.shape[1], k.shape[2]
-  # [B, Hkv, G, T, Dh]: the G query heads sharing a KV head side by side.
-  qh = jnp.moveaxis(q.reshape(b, t, hkv, h // hkv, dh), 1, 3).astype(k.dtype)
-  bq, bk = min(block_q, t), min(block_k, s)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  t, s = q.shape[1], k.shape[2]
   tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
-  q_seg, k_seg, q_slots = mask.q_segments, mask.k_segments, mask.q_slots
-  if tp > t:  # Padded queries are padding (segment 0) at the last real slot.
-    qh = jnp.pad(qh, ((0, 0),) * 3 + ((0, tp - t), (0, 0)))
+  q = _q_blocks(q, bq, k.shape[1])
+  if tp > t:
     q_seg = jnp.pad(q_seg, ((0, 0), (0, tp - t)))
     q_slots = jnp.pad(q_slots, (0, tp - t), mode="edge")
-  kp, vp = k, v
-  if sp > s:  # Padded keys are padding: never seen.
-    kp = jnp.pad(k, ((0, 0), (0, 0), (0, sp - s), (0, 0)))
-    vp = jnp.pad(v, ((0, 0), (0, 0), (0, sp - s), (0, 0)))
+  if sp > s:
+    k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, sp - s), (0, 0))) for x in (k, v))
     k_seg = jnp.pad(k_seg, ((0, 0), (0, sp - s)))
-  out, lse = _flash(bq, bk, mask.shared_prefix, qh, kp, vp, q_seg.astype(jnp.int32),
-                    k_seg.astype(jnp.int32), q_slots.astype(jnp.int32))
-  sees_a_key = jax.lax.stop_gradient(lse) > MASKED / 2  # [B, Hkv, G, Tp]
-  uniform = jnp.mean(v.astype(jnp.float32), axis=2).astype(out.dtype)  # [B, Hkv, Dh]
-  out = jnp.where(sees_a_key[..., None], out, uniform[:, :, None, None, :])
-  out = jnp.moveaxis(out[:, :, :, :t], 3, 1)  # [B, T, Hkv, G, Dh]
-  return out.reshape(b, t, h, dh)
+  return q, k, v, q_seg, k_seg, q_slots
+
+
+def _from_blocks(x: Array, t: int) -> Array:
+  """[B, Hkv, G, Tp, D] -> [B, T, H, D]."""
+  b, hkv, g, _, d = x.shape
+  return jnp.moveaxis(x[:, :, :, :t], 3, 1).reshape(b, t, hkv * g, d)
 
 
 def _scores(q: Array, k: Array, visible: Array) -> Array:
@@ -80,17 +94,20 @@ def _key_blocks_seen(q_slots: Array, bq: int, bk: int, nk: int) -> Array:
   return jnp.minimum(last // bk + 1, nk)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _flash(bq: int, bk: int, shared_prefix: bool, q: Array, k: Array, v: Array,
-           q_seg: Array, k_seg: Array, q_slots: Array) -> tuple[Array, Array]:
-  """(out [B, K, G, Tp, D] in v's dtype, log-sum-exp [B, K, G, Tp] float32) of padded inputs."""
-  return _forward(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _flash(bq: int, bk: int, heads_first: bool, shared_prefix: bool, q: Array, k: Array,
+           v: Array, q_seg: Array, k_seg: Array, q_slots: Array) -> Array:
+  """Attention output [B, T, H, D] in v's dtype (q, k, v in the caller's layouts)."""
+  return _flash_fwd(bq, bk, heads_first, shared_prefix, q, k, v, q_seg, k_seg, q_slots)[0]
 
 
-def _forward(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots):
+def _forward(bq, bk, shared_prefix, s_real, q, k, v, q_seg, k_seg, q_slots):
+  """(out [B, K, G, Tp, D] in v's dtype, log-sum-exp [B, K, G, Tp] float32), blocked layout."""
   b, hkv, g, tp, dh = q.shape
   nq, nk = tp // bq, k.shape[2] // bk
   seen = _key_blocks_seen(q_slots, bq, bk, nk)
+  # A query that sees no key gets the mean of v over the real keys (padded keys are 0).
+  uniform = (jnp.sum(v.astype(jnp.float32), axis=2) / s_real)[:, :, None, None, :]
 
   def query_block(i, carry):
     out, lse = carry
@@ -119,9 +136,10 @@ def _forward(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots):
             jnp.zeros((b, hkv, g, bq), jnp.float32),
             jnp.zeros((b, hkv, g, bq, dh), jnp.float32))
     m, l, acc = jax.lax.fori_loop(0, seen[i], key_block, init)
-    out = jax.lax.dynamic_update_slice_in_dim(out, (acc / l[..., None]).astype(out.dtype), q0,
-                                              axis=3)
-    lse = jax.lax.dynamic_update_slice_in_dim(lse, m + jnp.log(l), q0, axis=3)
+    lse_i = m + jnp.log(l)
+    out_i = jnp.where((lse_i > MASKED / 2)[..., None], acc / l[..., None], uniform)
+    out = jax.lax.dynamic_update_slice_in_dim(out, out_i.astype(out.dtype), q0, axis=3)
+    lse = jax.lax.dynamic_update_slice_in_dim(lse, lse_i, q0, axis=3)
     return out, lse
 
   init = (jnp.zeros(q.shape[:-1] + (v.shape[-1],), v.dtype),
@@ -129,20 +147,26 @@ def _forward(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots):
   return jax.lax.fori_loop(0, nq, query_block, init)
 
 
-def _flash_fwd(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots):
-  out, lse = _forward(bq, bk, shared_prefix, q, k, v, q_seg, k_seg, q_slots)
-  return (out, lse), (q, k, v, q_seg, k_seg, q_slots, out, lse)
+def _flash_fwd(bq, bk, heads_first, shared_prefix, q, k, v, q_seg, k_seg, q_slots):
+  s_real = k.shape[2 if heads_first else 1]
+  blocks = _to_blocks(bq, bk, heads_first, q, k, v, q_seg, k_seg, q_slots)
+  out, lse = _forward(bq, bk, shared_prefix, s_real, *blocks)
+  out = _from_blocks(out, q.shape[1])
+  return out, (q, k, v, q_seg, k_seg, q_slots, out, lse)
 
 
-def _flash_bwd(bq, bk, shared_prefix, residuals, cotangents):
+def _flash_bwd(bq, bk, heads_first, shared_prefix, residuals, d_out):
   q, k, v, q_seg, k_seg, q_slots, out, lse = residuals
-  d_out, d_lse = cotangents
+  t, s_real = q.shape[1], k.shape[2 if heads_first else 1]
+  q, k, v, q_seg, k_seg, q_slots = _to_blocks(bq, bk, heads_first, q, k, v, q_seg, k_seg,
+                                              q_slots)
+  hkv = k.shape[1]
+  d_out, out = _q_blocks(d_out.astype(v.dtype), bq, hkv), _q_blocks(out, bq, hkv)
   tp, nk = q.shape[3], k.shape[2] // bk
   nq = tp // bq
   scale = 1.0 / math.sqrt(q.shape[-1])
-  d_out = d_out.astype(v.dtype)
-  # ds = p * (dp - delta): delta = rowsum(d_out * out), less d_lse (d lse / d s = p).
-  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse
+  # ds = p * (dp - delta) with delta = rowsum(d_out * out).
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
   # Key block j is seen by the query blocks whose last slot reaches it: a suffix [first[j], nq).
   last = q_slots.reshape(nq, bq).max(axis=1)
   first = jnp.sum(last[None, :] < (jnp.arange(nk) * bk)[:, None], axis=1)
@@ -165,6 +189,7 @@ def _flash_bwd(bq, bk, shared_prefix, residuals, cotangents):
                            jax.lax.dynamic_slice_in_dim(q_slots, q0, bq),
                            k0 + jnp.arange(bk), shared_prefix)
       s = _scores(qi, kj, visible)
+      # Rows that see no key have no visible entry: p = 0, they add nothing here.
       p = jnp.where(visible[:, None, None], jnp.exp(s - lse_i[..., None]), 0.0)
       dv_j = dv_j + jnp.einsum("bkgqs,bkgqd->bksd", p.astype(v.dtype), d_out_i,
                                preferred_element_type=jnp.float32)
@@ -187,7 +212,15 @@ def _flash_bwd(bq, bk, shared_prefix, residuals, cotangents):
   init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
           jnp.zeros(v.shape, jnp.float32))
   dq, dk, dv = jax.lax.fori_loop(0, nk, key_block, init)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
+  # The uniform average of rows that see no key: d v_s += their d_out / S for every real key.
+  blind = (lse <= MASKED / 2)[..., None]
+  d_uniform = jnp.sum(jnp.where(blind, d_out.astype(jnp.float32), 0.0), axis=(2, 3)) / s_real
+  dv = dv + jnp.where(jnp.arange(dv.shape[2])[:, None] < s_real, d_uniform[:, :, None], 0.0)
+  dq = _from_blocks(dq, t).astype(q.dtype)
+  dk, dv = dk[:, :, :s_real], dv[:, :, :s_real]
+  if not heads_first:
+    dk, dv = jnp.swapaxes(dk, 1, 2), jnp.swapaxes(dv, 1, 2)
+  return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -22,9 +22,9 @@ Array = jax.Array
 DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def cudnn_supported(dtype, head_dim: int, mask: AttentionMask) -> bool:
+def cudnn_supported(dtype, head_dim: int, self_attention: bool) -> bool:
   """Whether the cuDNN path applies (the backend aside): self-attention, half precision."""
-  return (mask.self_attention and jnp.dtype(dtype) in [jnp.dtype(d) for d in DTYPES]
+  return (self_attention and jnp.dtype(dtype) in [jnp.dtype(d) for d in DTYPES]
           and head_dim % 8 == 0 and head_dim <= 256)
 
 

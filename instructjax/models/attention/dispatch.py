@@ -34,28 +34,35 @@ CPU_REFERENCE_MAX_KEYS = BLOCK_K
 _log = logging.getLogger(__name__)
 
 
-def splash_supported(mask: AttentionMask) -> bool:
-  return mask.self_attention and not mask.shared_prefix
+def splash_supported(self_attention: bool, shared_prefix: bool) -> bool:
+  return self_attention and not shared_prefix
 
 
-def select(implementation: str, mask: AttentionMask, num_queries: int, num_keys: int,
-           dtype, head_dim: int, backend: Optional[str] = None) -> str:
-  """The implementation that runs for `model.attention = implementation` (module docstring)."""
+def select(implementation: str, num_queries: int, num_keys: int, dtype, head_dim: int, *,
+           self_attention: bool, shared_prefix: bool = False,
+           backend: Optional[str] = None) -> str:
+  """The implementation that runs for `model.attention = implementation` (module docstring).
+
+  Static facts only: T, S, the compute dtype, the head dim, whether queries and keys are the
+  same tokens (no cache) and whether a shared prefix is visible (AttentionMask's flags).
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r} is not one of "
                      f"{IMPLEMENTATIONS}")
   backend = backend or jax.default_backend()
   if implementation in ("reference", "blocked"):
     return implementation
+  splash = splash_supported(self_attention, shared_prefix)
+  cudnn = cudnn_supported(dtype, head_dim, self_attention)
   if implementation == "splash":
-    return "splash" if splash_supported(mask) else "blocked"
+    return "splash" if splash else "blocked"
   if implementation == "cudnn":
-    return "cudnn" if cudnn_supported(dtype, head_dim, mask) else "blocked"
-  if not mask.self_attention and num_queries <= DECODE_MAX_QUERIES:
+    return "cudnn" if cudnn else "blocked"
+  if not self_attention and num_queries <= DECODE_MAX_QUERIES:
     return "reference"
-  if backend == "tpu" and splash_supported(mask):
+  if backend == "tpu" and splash:
     return "splash"
-  if backend == "gpu" and cudnn_supported(dtype, head_dim, mask):
+  if backend == "gpu" and cudnn:
     return "cudnn"
   if backend == "cpu" and num_keys <= CPU_REFERENCE_MAX_KEYS:
     return "reference"
@@ -71,7 +78,8 @@ def attend(q: Array, k: Array, v: Array, mask: AttentionMask, implementation: st
   [B, T, S] mask if the caller already built it (the reference path; else built here).
   """
   s = k.shape[2 if heads_first else 1]
-  chosen = select(implementation, mask, q.shape[1], s, q.dtype, q.shape[-1])
+  chosen = select(implementation, q.shape[1], s, q.dtype, q.shape[-1],
+                  self_attention=mask.self_attention, shared_prefix=mask.shared_prefix)
   if chosen == "reference":
     return reference_attention(q, k, v, mask.dense() if dense_mask is None else dense_mask,
                                heads_first=heads_first)
@@ -100,7 +108,8 @@ def attend_cache(q: Array, k_layers: Array, v_layers: Array, layer: Array,
   t, s = q.shape[1], k_layers.shape[3]
   k = jax.lax.dynamic_index_in_dim(k_layers, layer, 0, keepdims=False)  # [B, Hkv, S, Dh]
   v = jax.lax.dynamic_index_in_dim(v_layers, layer, 0, keepdims=False)
-  if select(implementation, mask, t, s, q.dtype, q.shape[-1]) == "reference":
+  if select(implementation, t, s, q.dtype, q.shape[-1], self_attention=mask.self_attention,
+            shared_prefix=mask.shared_prefix) == "reference":
     return reference_attention(q, k, v, mask.dense() if dense_mask is None else dense_mask,
                                heads_first=True)
   return blocked_attention(q, k, v, mask, heads_first=True)
