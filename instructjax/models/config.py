@@ -17,8 +17,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # instructjax/models/attention/dispatch.py says what each does.
 ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blocked", "splash", "cudnn")
 # Float32 logits elements (tokens x vocabulary) the losses and log-probs compute at once when
-# logits_chunk_tokens is 0: 128 MiB a chunk.
-AUTO_LOGITS_CHUNK_ELEMENTS = 2 ** 25
+# logits_chunk_tokens is 0: 64 MiB a chunk.
+AUTO_LOGITS_CHUNK_ELEMENTS = 2 ** 24
 
 
 class ConfigError(ValueError):
