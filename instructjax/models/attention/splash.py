@@ -56,7 +56,7 @@ def _attend(q: Array, k: Array, v: Array, segment_ids: Array, interpret: bool) -
   """
   kernel = _kernel(q.shape[3], q.shape[2], interpret)
   ids = _splash().SegmentIds(q=jnp.where(segment_ids == 0, -1, segment_ids),
-                          kv=jnp.where(segment_ids == 0, -2, segment_ids))
+                             kv=jnp.where(segment_ids == 0, -2, segment_ids))
   per_kv_head = jax.vmap(lambda qh, kh, vh, ids: kernel(qh, kh, vh, ids),
                          in_axes=(0, 0, 0, None))
   return jax.vmap(per_kv_head)(q, k, v, ids)
