@@ -67,6 +67,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed runs before timing")
 _DTYPE = flags.DEFINE_string("dtype", None, "override the compute dtype")
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", None, "override the parameter dtype")
 _REMAT = flags.DEFINE_string("remat", None, "override the remat policy")
+_ATTENTION = flags.DEFINE_string("attention", None, "override model.attention (auto, reference, "
+                                 "blocked, splash, cudnn)")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "matrix size of the CPU peak measurement")
 _OUTPUT = flags.DEFINE_string("output", None, "directory for benchmark.json / benchmark.md")
 
@@ -91,7 +93,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   overrides = {k: v for k, v in dict(dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value,
-                                     remat=_REMAT.value).items() if v is not None}
+                                     remat=_REMAT.value, attention=_ATTENTION.value).items()
+               if v is not None}
   cfg = get_preset(_PRESET.value, **overrides)
   seq = _SEQ.value
   prompt_len = _PROMPT.value or seq // 2

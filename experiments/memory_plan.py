@@ -6,7 +6,9 @@
   python experiments/memory_plan.py --all_presets --mesh=fsdp=8 --rules=fsdp --batch=8 --seq=1024
 
 The mesh is abstract (`jax.sharding.AbstractMesh`), so a 256-chip plan runs on a laptop. The
-formula and what it leaves out: instructjax/memory.py.
+formula and what it leaves out: instructjax/memory.py. --backend is the accelerator the run
+will use (tpu with --slice): it decides which attention kernel `model.attention=auto` runs,
+hence the activation formula.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ _DTYPE = flags.DEFINE_string("dtype", None, "override the compute dtype")
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", None, "override the parameter dtype")
 _HBM = flags.DEFINE_float("hbm_gib", None, "device memory to check the plan against")
 _JSON = flags.DEFINE_string("json", None, "also write the plan(s) as JSON to this path")
+_BACKEND = flags.DEFINE_enum("backend", "tpu", ["cpu", "gpu", "tpu"],
+                             "the backend of the run (the attention kernel auto selects)")
+_ATTENTION = flags.DEFINE_string("attention", None, "override model.attention")
 
 
 def parse_mesh(text: str) -> tuple[int, int, int]:
@@ -57,13 +62,14 @@ def abstract_context(shape: tuple[int, int, int], rules: str) -> ShardingContext
 
 
 def plan_preset(name: str, shape: tuple[int, int, int], rules: str, batch: int, seq: int,
-                capacity: int | None, **model_overrides) -> memory.MemoryPlan:
+                capacity: int | None, backend: str = "tpu",
+                **model_overrides) -> memory.MemoryPlan:
   cfg = get_preset(name, **{k: v for k, v in model_overrides.items() if v is not None})
   config_lib.validate_model_on_mesh(cfg, shape, rules)
   ctx = abstract_context(shape, rules)
   tx, _ = make_optimizer(config_lib.optim_config(), total_steps=1000)
   return memory.plan(DecoderLM(cfg, shard=ctx), tx, ctx, batch, seq, rules_name=rules,
-                     label=name, capacity=capacity)
+                     label=name, capacity=capacity, backend=backend)
 
 
 def main(argv):
@@ -75,10 +81,12 @@ def main(argv):
     tpu = get_slice(_SLICE.value)
     shape, rules = (tpu.data, tpu.fsdp, tpu.tensor), tpu.rules
     capacity = capacity or tpu.hbm_bytes
-  overrides = dict(remat=_REMAT.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value)
+  overrides = dict(remat=_REMAT.value, dtype=_DTYPE.value, param_dtype=_PARAM_DTYPE.value,
+                   attention=_ATTENTION.value)
+  backend = "tpu" if _SLICE.value else _BACKEND.value
   names = PRESET_NAMES if _ALL.value else (_PRESET.value,)
-  plans = [plan_preset(n, shape, rules, _BATCH.value, _SEQ.value, capacity, **overrides)
-           for n in names]
+  plans = [plan_preset(n, shape, rules, _BATCH.value, _SEQ.value, capacity, backend,
+                       **overrides) for n in names]
   print("\n\n".join(p.table() for p in plans))
   if _JSON.value:
     with open(_JSON.value, "w") as f:

@@ -82,6 +82,60 @@ def copies(compiled, top: int = 3, watch: Any = None) -> dict:
   return out
 
 
+# Instructions that produce no new buffer (views, plumbing).
+_NO_BUFFER = ("parameter", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+              "call", "constant", "after-all", "opt-barrier")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?(%[\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\][^=]*?\s([\w\-]+)\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?(%[\w.\-]+)\s.*\{\s*$")
+_ROOT = re.compile(r"^\s*ROOT\s+%[\w.\-]+\s*=\s*[^=]*?\s([\w\-]+)\(")
+
+
+def cache_buffers(compiled, cache_shape) -> dict:
+  """New buffers shaped like the KV cache [L, B, Hkv, S, Dh] or one layer of it, outside fused
+  computations, in the optimised HLO of a decode program.
+
+  An in-place write (a fusion whose root is a dynamic-update-slice) reuses the cache's buffer
+  and is not counted. "whole" counts full-cache buffers (copies of the cache: none expected);
+  "layer" counts materialised [B, Hkv, S, Dh] layer slices (a matmul operand read out of the
+  stacked cache; XLA fuses the slice into the consumer on TPU).
+  """
+  text = compiled.as_text()
+  called = set(re.findall(r"calls=(%[\w.\-]+)", text))
+  roots, current = {}, None
+  for line in text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      current = m.group(1)
+    r = _ROOT.match(line)
+    if r and current:
+      roots[current] = r.group(1)
+  whole, layer = tuple(cache_shape), tuple(cache_shape[1:])
+  out = {"whole": 0, "layer": 0, "bytes": 0, "ops": []}
+  current = None
+  for line in text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      current = m.group(1)
+      continue
+    if current in called:
+      continue  # Inside a fusion (or a called computation): no buffer of its own.
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    _, dtype, dims, op = m.groups()
+    shape = tuple(int(d) for d in dims.split(",") if d)
+    if shape not in (whole, layer) or op in _NO_BUFFER:
+      continue
+    fused = re.search(r"calls=(%[\w.\-]+)", line)
+    if op == "fusion" and fused and roots.get(fused.group(1)) == "dynamic-update-slice":
+      continue  # In place.
+    out["whole" if shape == whole else "layer"] += 1
+    out["bytes"] += int(np.prod(shape)) * _ITEMSIZE.get(dtype, 4)
+    out["ops"].append(f"{op} {dtype}[{dims}]")
+  out["ops"] = out["ops"][:6]
+  return out
+
+
 def host_transfers(compiled) -> list[str]:
   """HLO lines that move data to or from the host inside the program (should be none)."""
   hits = []
@@ -95,5 +149,5 @@ def has_while_loop(compiled) -> bool:
   return " while(" in compiled.as_text()
 
 
-__all__ = ["copies", "donation", "has_while_loop", "host_transfers", "memory_analysis",
+__all__ = ["cache_buffers", "copies", "donation", "has_while_loop", "host_transfers", "memory_analysis",
            "tree_nbytes"]

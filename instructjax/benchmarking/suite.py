@@ -235,7 +235,8 @@ def bench_rollout(setup: Setup, batch: int, prompt_len: int, new_tokens: int,
                                     + checks.host_transfers(decode_compiled)),
                  "while_loop": checks.has_while_loop(decode_compiled),
                  "cache_copies": checks.copies(decode_compiled,
-                                               watch=(state.cache.k,))["state_shaped"]},
+                                               watch=(state.cache.k,))["state_shaped"],
+                 "cache_buffers": checks.cache_buffers(decode_compiled, state.cache.k.shape)},
       "memory": memory_entry(decode_compiled)}
 
 
@@ -500,6 +501,9 @@ def run_all(setup: Setup, batch: int, seq: int, shape: PPOShape, decode_batch: i
       cc = e["checks"]["cache_copies"]
       res["checks"][f"{name}: copies of the KV cache (or a layer of it) in the decode loop"] = (
           f"{cc['count']} ({cc['total_bytes']:,} bytes)")
+      cb = e["checks"]["cache_buffers"]
+      res["checks"][f"{name}: new cache-shaped buffers per decode step (whole cache / one "
+                    "layer)"] = f"{cb['whole']} / {cb['layer']} ({cb['bytes']:,} bytes)"
   if "ppo" in only:
     log("PPO iteration ...")
     b["ppo_iteration"] = e = bench_ppo(setup, shape, phases=ppo_phases)

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.generation.config import SampleOutput, SamplingConfig
-from instructjax.models import DecoderLM, KVCache, positions_from_mask
+from instructjax.models import DecoderLM, KVCache, lm_head_weight, positions_from_mask
+from instructjax.ops.head_chunks import head_logits
 from instructjax.ops.logprobs import token_logprobs
 from instructjax.ops.sampling import sample_token
 from instructjax.parallel.sharding import ShardingContext, constrain
@@ -102,10 +103,13 @@ def _prefill(model: DecoderLM, sampling: SamplingConfig, shard: Optional[Shardin
   prompt_len = prompt_seg.sum(axis=-1)  # [B]; also the position id of the first new token.
 
   cache = _constrain_cache(shard, KVCache.init(model.cfg, b, p + n))
-  logits, cache = model.apply({"params": params}, prompt_tokens,
-                              positions_from_mask(prompt_seg), prompt_seg, cache)
+  hidden, cache = model.apply({"params": params}, prompt_tokens,
+                              positions_from_mask(prompt_seg), prompt_seg, cache,
+                              return_hidden=True)  # [B, P, d]
+  # Only column P - 1's logits are needed: the head runs on [B, d], not on [B, P, d].
+  logits = head_logits(hidden[:, -1], lm_head_weight(model.cfg, params))  # [B, V]
   state = _LoopState(
-      step=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1], done=prompt_len == 0,
+      step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, done=prompt_len == 0,
       tokens=jnp.full((b, n), sampling.pad_id, jnp.int32), mask=jnp.zeros((b, n), bool),
       logprobs=jnp.zeros((b, n), jnp.float32), prompt_len=prompt_len)
   # Column 0 comes straight from the prefill logits, so the loop never runs a forward whose

@@ -16,6 +16,11 @@ from instructjax.config import ConfigError
 FAMILIES = ("gpt2", "llama", "qwen2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
+# instructjax/models/attention/dispatch.py says what each does.
+ATTENTION_IMPLEMENTATIONS = ("auto", "reference", "blocked", "splash", "cudnn")
+# Float32 logits elements (tokens x vocabulary) the losses and log-probs compute at once when
+# logits_chunk_tokens is 0: 64 MiB a chunk.
+AUTO_LOGITS_CHUNK_ELEMENTS = 2 ** 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,11 @@ class ModelConfig:
   dtype: str = "float32"  # Compute dtype of matmuls and the residual stream.
   remat: str = "none"
   scan_layers: bool = True  # False: the layer loop is unrolled (compile time grows with depth).
+  attention: str = "auto"  # One of ATTENTION_IMPLEMENTATIONS.
+  kv_cache_dtype: str = ""  # dtype of the KV cache; "": the compute dtype.
+  # Tokens (rows x positions) whose [tokens, vocab] float32 logits the LM losses and log-probs
+  # compute at once, from the final hidden states; 0: AUTO_LOGITS_CHUNK_ELEMENTS // vocab.
+  logits_chunk_tokens: int = 0
 
   # ---- derived properties ----
   @property
@@ -82,6 +92,14 @@ class ModelConfig:
   @property
   def jnp_param_dtype(self):
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def jnp_kv_cache_dtype(self):
+    return jnp.dtype(self.kv_cache_dtype or self.dtype)
+
+  @property
+  def resolved_logits_chunk_tokens(self) -> int:
+    return self.logits_chunk_tokens or max(1, AUTO_LOGITS_CHUNK_ELEMENTS // self.vocab_size)
 
   def num_params(self, with_embeddings: bool = True) -> int:
     d, f, l = self.d_model, self.d_ff, self.n_layers
@@ -120,6 +138,12 @@ class ModelConfig:
     for key in ("dtype", "param_dtype"):
       if getattr(self, key) not in DTYPES:
         fail(key, f"{getattr(self, key)!r} is not one of {DTYPES}")
+    if self.kv_cache_dtype and self.kv_cache_dtype not in DTYPES:
+      fail("kv_cache_dtype", f"{self.kv_cache_dtype!r} is not '' or one of {DTYPES}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      fail("attention", f"{self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    if self.logits_chunk_tokens < 0:
+      fail("logits_chunk_tokens", f"must be >= 0, got {self.logits_chunk_tokens}")
     if not 0.0 <= self.dropout_rate < 1.0:
       fail("dropout_rate", f"must be in [0, 1), got {self.dropout_rate}")
     if self.rope_scaling_factor and self.rope_high_freq_factor <= self.rope_low_freq_factor:

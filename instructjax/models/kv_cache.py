@@ -28,9 +28,11 @@ class KVCache:
 
   @classmethod
   def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    """Empty cache in `dtype` (default `cfg.kv_cache_dtype`, itself the compute dtype by
+    default: bf16 for bf16 models). The model reads it in this dtype, with no converted copy."""
     if max_len > cfg.max_seq_len and cfg.learned_positions:
       raise ValueError(f"cache length {max_len} exceeds model.max_seq_len={cfg.max_seq_len}")
-    dtype = dtype or cfg.jnp_dtype
+    dtype = dtype or cfg.jnp_kv_cache_dtype
     shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.resolved_head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                segment_ids=jnp.zeros((batch, max_len), jnp.int32),

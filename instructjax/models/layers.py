@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from instructjax.models.attention import AttentionMask, attend, attend_cache
 from instructjax.models.config import ModelConfig
 from instructjax.parallel.sharding import ShardingContext, constrain
 
@@ -73,36 +74,19 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   return out.astype(x.dtype)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array,
-                          heads_first: bool = False) -> Array:
-  """Grouped-query attention.
-
-  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh], or [B, Hkv, S, Dh] with `heads_first` (the KV
-  cache's layout); mask: [B, T, S] bool (True = may attend).
-  Returns [B, T, H, Dh]. Scores and softmax in float32; a fully masked row (a padding query)
-  gets uniform weights rather than NaN.
-  """
-  b, t, h, dh = q.shape
-  hkv = k.shape[1 if heads_first else 2]
-  kv = "bksd" if heads_first else "bskd"
-  q = q.reshape(b, t, hkv, h // hkv, dh)
-  scores = jnp.einsum(f"btkgd,{kv}->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(dh)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
-  return out.reshape(b, t, h, dh)
-
-
 class Attention(nn.Module):
   cfg: ModelConfig
   shard: Optional[ShardingContext] = None
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask: Array,
-               caches: Optional[tuple[Array, Array]], layer: Optional[Array],
-               cache_index: Optional[Array]):
+  def __call__(self, x: Array, positions: Array, mask: AttentionMask,
+               dense_mask: Optional[Array], caches: Optional[tuple[Array, Array]],
+               layer: Optional[Array], cache_index: Optional[Array]):
     """Returns (output [B, T, d], updated caches or None).
+
+    mask: who attends to whom; dense_mask: its [B, T, S] array when the reference
+    implementation runs (built once for all layers), else None. `cfg.attention` picks the
+    implementation (models/attention/dispatch.py).
 
     caches: every layer's keys and values, ([L, B, Hkv, S, Dh], [L, B, Hkv, S, Dh]); this
     layer (index `layer`) writes its T new ones at slots [cache_index, cache_index + T) in
@@ -134,20 +118,20 @@ class Attention(nn.Module):
       q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
     new_caches = None
-    if caches is not None:
+    if caches is None:
+      out = attend(q, k, v, mask, cfg.attention, shard=self.shard, dense_mask=dense_mask)
+    else:
       # Write this call's keys/values at slots [cache_index, cache_index + T) of this layer
-      # and attend over the layer's whole cache; `mask` already excludes empty and future
-      # slots.
+      # in place and attend over the layer's whole cache, in the cache's dtype; `mask`
+      # already excludes empty and future slots.
       ck, cv = caches
       start = (layer, 0, 0, cache_index, 0)
       to_cache = lambda x, c: jnp.swapaxes(x, 1, 2)[None].astype(c.dtype)  # [1, B, Hkv, T, Dh]
       ck = jax.lax.dynamic_update_slice(ck, to_cache(k, ck), start)
       cv = jax.lax.dynamic_update_slice(cv, to_cache(v, cv), start)
       new_caches = (ck, cv)
-      k = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False).astype(dt)
-      v = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False).astype(dt)
-
-    out = dot_product_attention(q, k, v, mask, heads_first=caches is not None)  # [B, T, H, Dh]
+      out = attend_cache(q, ck, cv, layer, mask, cfg.attention, dense_mask=dense_mask)
+    out = out.astype(dt)  # [B, T, H, Dh]
     wo = declare(self, "o_kernel", (h, dh, d), ("heads", "head_dim", "embed"), out_init, pdt)
     y = jnp.einsum("bthk,hkd->btd", out, wo.astype(dt))
     if cfg.out_bias:

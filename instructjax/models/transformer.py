@@ -13,6 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from instructjax.models import attention
+from instructjax.models.attention import AttentionMask
+# Re-exported: the mask rule used to live here.
+from instructjax.models.attention import SHARED_PREFIX_SEGMENT, attention_mask  # pylint: disable=unused-import
 from instructjax.models.config import ModelConfig
 from instructjax.models.kv_cache import KVCache
 from instructjax.models.layers import MLP, Attention, Norm, declare
@@ -34,40 +38,19 @@ def positions_from_mask(mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-SHARED_PREFIX_SEGMENT = 1  # With shared_prefix: the segment every other segment of its row sees.
-
-
-def attention_mask(q_segments: Array, k_segments: Array, q_slots: Array,
-                   shared_prefix: bool = False) -> Array:
-  """[B, T, S] bool: causal by slot, same segment, key not padding.
-
-  q_segments: [B, T]; k_segments: [B, S]; q_slots: [T] slot index of each query.
-  shared_prefix: segment 1 is also visible to every other (non-padding) segment of its row:
-    one prompt followed by several continuations packed in one row, each continuation
-    attending to the prompt and to itself only, as if it were its own row.
-  """
-  k_slots = jnp.arange(k_segments.shape[1])
-  causal = k_slots[None, :] <= q_slots[:, None]  # [T, S]
-  same = q_segments[:, :, None] == k_segments[:, None, :]
-  if shared_prefix:
-    same = same | ((k_segments == SHARED_PREFIX_SEGMENT)[:, None, :]
-                   & (q_segments != 0)[:, :, None])
-  return causal[None] & same & (k_segments != 0)[:, None, :]
-
-
 class Block(nn.Module):
   cfg: ModelConfig
   shard: Optional[ShardingContext] = None
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, carry, positions, mask, cache_index):
+  def __call__(self, carry, positions, mask, dense_mask, cache_index):
     """carry: (x [B, T, d], every layer's (k, v) caches or None, this layer's index)."""
     x, caches, layer = carry
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
     h, caches = Attention(cfg, self.shard, name="attn")(
-        Norm(cfg, name="attn_norm")(x), positions, mask, caches, layer, cache_index)
+        Norm(cfg, name="attn_norm")(x), positions, mask, dense_mask, caches, layer, cache_index)
     x = x + drop(h)
     x = x + drop(MLP(cfg, self.shard, name="mlp")(Norm(cfg, name="mlp_norm")(x)))
     x = constrain(self.shard, x, ("act_batch", "act_length", "act_embed"))
@@ -95,7 +78,7 @@ class DecoderLM(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.n_layers,
         unroll=1 if cfg.scan_layers else cfg.n_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -137,17 +120,22 @@ class DecoderLM(nn.Module):
 
     t = tokens.shape[1]
     if cache is None:
-      mask = attention_mask(segment_ids, segment_ids, jnp.arange(t), shared_prefix)
+      mask = AttentionMask.for_sequence(segment_ids, shared_prefix)
       caches, cache_index = None, None
     else:
       k_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.index))
-      mask = attention_mask(segment_ids, k_segments, cache.index + jnp.arange(t))
+      mask = AttentionMask.for_cache(segment_ids, k_segments, cache.index)
       caches, cache_index = (cache.k, cache.v), cache.index
+    # The reference implementation's [B, T, S] mask is built once, outside the layer loop.
+    chosen = attention.select(cfg.attention, t, mask.k_segments.shape[1], cfg.jnp_dtype,
+                              cfg.resolved_head_dim, self_attention=mask.self_attention,
+                              shared_prefix=shared_prefix)
+    dense_mask = mask.dense() if chosen == "reference" else None
 
     # The caches ride in the layer loop's carry (not as scanned inputs/outputs, which would
     # rebuild the stacked arrays every call): each layer updates its slots in place.
     (x, new_caches, _), _ = self.setup_block_stack(deterministic)(
-        (x, caches, jnp.zeros((), jnp.int32)), positions, mask, cache_index)
+        (x, caches, jnp.zeros((), jnp.int32)), positions, mask, dense_mask, cache_index)
     x = Norm(cfg, name="final_norm")(x)
 
     new_cache = None

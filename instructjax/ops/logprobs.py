@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
+from instructjax.ops.head_chunks import map_head
+
 Array = jax.Array
 Axis = Optional[Union[int, Sequence[int]]]
 
@@ -78,42 +80,27 @@ def logprobs_from_hidden(hidden: Array, head: Array, targets: Array, temperature
 
   The sequence is cut into chunks of `chunk` positions; each chunk's [B, chunk, V] logits
   are computed, reduced to log-probabilities (and entropies) and dropped, under
-  jax.checkpoint, so the backward pass recomputes them chunk by chunk too. Peak memory of
-  the head goes from B*T*V floats (several of them, forward and backward) to B*chunk*V.
+  jax.checkpoint, so the backward pass recomputes them chunk by chunk too
+  (`head_chunks.map_head`). Peak memory of the head goes from B*T*V floats (several of them,
+  forward and backward) to B*chunk*V.
 
   Args:
     hidden: [B, T, d] final-norm hidden states (`DecoderLM(..., return_hidden=True)`).
     head: [d, V] the LM head (`models.lm_head_weight`).
     targets: [B, T] int ids.
     temperature: as in `token_logprobs`.
-    chunk: positions per chunk; 0 (or >= T) computes everything at once.
+    chunk: positions per chunk; 0 (or >= T) computes everything at once
+      (`head_chunks.positions_per_chunk` picks it from a token budget).
     with_entropy: also return the entropy of softmax(logits / temperature) per position.
 
   Returns:
     [B, T] float32 log p(targets) (and [B, T] entropies with `with_entropy`).
   """
-  hidden = hidden.astype(jnp.float32)
-  head = head.astype(jnp.float32)
-  targets = targets.astype(jnp.int32)
-
-  def block(h, tgt):
-    logits = jnp.dot(h, head, precision=jax.lax.Precision.HIGHEST)
+  def block(logits, tgt):
     lp = token_logprobs(logits, tgt, temperature)
     return (lp, _entropy(scaled_logits(logits, temperature))) if with_entropy else lp
 
-  b, t, d = hidden.shape
-  if not chunk or chunk >= t:
-    return block(hidden, targets)
-  n = -(-t // chunk)
-  pad = n * chunk - t
-  if pad:
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)))
-  hs = jnp.swapaxes(hidden.reshape(b, n, chunk, d), 0, 1)  # [n, B, chunk, d]
-  ts = jnp.swapaxes(targets.reshape(b, n, chunk), 0, 1)  # [n, B, chunk]
-  out = jax.lax.map(jax.checkpoint(lambda a: block(*a)), (hs, ts))
-  unchunk = lambda y: jnp.swapaxes(y, 0, 1).reshape(b, n * chunk)[:, :t]
-  return jax.tree.map(unchunk, out)
+  return map_head(block, hidden, head, (targets.astype(jnp.int32),), chunk)
 
 
 def entropy_from_logits(logits: Array, temperature: float = 1.0) -> Array:

@@ -8,35 +8,48 @@ backward pass keeps, each a tensor with logical axis names, so it is sharded by 
 
 Activation formula. B batch, T sequence, d d_model, H query heads, K KV heads, Dh head dim,
 F d_ff, V vocabulary, L layers; c = bytes of the compute dtype (2 bfloat16, 4 float32). The
-softmax and the norms run in float32 (4 bytes). Per layer, by `model.remat`:
+softmax and the norms run in float32 (4 bytes). The attention implementation is the one
+`model.attention` selects on the target backend (models/attention/dispatch.py): the
+"reference" keeps [B, H, T, T] scores; the kernels (blocked, splash, cuDNN) keep q, k, v, the
+output and a float32 log-sum-exp per query and head, linear in T. Per layer, by `model.remat`:
 
   "none"   B*T*d   * (4c + 16)    block input, norm inputs/outputs (+ norms' float32 internals)
          + B*T*(H + 2K)*Dh * c    q, k, v (after RoPE)
          + B*T*H*Dh * c           attention output
-         + B*H*T*T * (4 + c)      softmax output in float32 and its compute-dtype copy
+         + B*H*T*T * (4 + c)      reference: softmax output in float32 and its compute-dtype copy
+         + B*H*T * 4              kernels: the log-sum-exp
          + 6 * B*T*F * c          MLP hidden (gate, up, silu and products; GELU: the same count)
          + W_layer * c            the layer's weights cast to the compute dtype (only when it
                                   differs from the parameter dtype)
   "full"   B*T*d * c              the block input; the layer is recomputed in the backward pass
   "dots"   B*T*d * 2c             block input, attention projection output
-         + B*T*(2H + 2K)*Dh * c   q, k, v, attention output
-         + B*H*T*T * 4            attention scores (float32 einsum)
+         + B*T*(H + 2K)*Dh * c    q, k, v
+         + B*T*H*Dh * c           reference: attention output
+         + B*H*T*T * 4            reference: attention scores (float32 einsum)
          + 2 * B*T*F * c          gate and up projections (GELU: one fc projection)
   "dots_with_no_batch_dims"       "dots" without the attention scores and output (their
                                   einsums have batch dimensions)
+With a kernel, "dots" saves what "dots_with_no_batch_dims" does: the kernel's outputs are not
+dots, so it runs again in the backward pass.
 
 With remat, the layer being recomputed holds its "none" set transiently. Outside the layers:
-the attention mask (B*T*T bool; without remat the broadcast B*H*T*T bool and float32 mask),
-the final norm B*T*d * (c + 12) (LayerNorm: c + 16), the head's float32 logits, their
-exponent and a bool mask, B*T*V * 9, and with tied embeddings and a non-float32 compute dtype
-the head's float32 transposed copy of the embedding, d*V * 4. With fsdp, weights are
-all-gathered before use: the larger of one layer's gathered weights (compute dtype) and the
-gathered float32 head counts as a transient.
+the reference's attention mask (B*T*T bool; without remat the broadcast B*H*T*T bool and
+float32 mask; the kernels read segment ids, and cuDNN a B*T*T bias in the compute dtype), the
+final norm B*T*d * (c + 12) (LayerNorm: c + 16), and the LM head: unchunked (B*T tokens
+within `model.logits_chunk_tokens`), its float32 logits, their exponent and a bool mask,
+B*T*V * 9; chunked, only a chunk's float32 logits and their gradients at a time,
+HEAD_CHUNK_ARRAYS * B*c*V * 4 (c positions a chunk). With tied embeddings and a non-float32
+compute dtype the head's float32 transposed copy of the embedding, d*V * 4. With fsdp, weights
+are all-gathered before use: the larger of one layer's gathered weights (compute dtype) and
+the gathered float32 head counts as a transient. The blocked kernel holds
+ATTENTION_BLOCK_ARRAYS float32 [B, H, block_q, block_k] score blocks at a time (splash and
+cuDNN keep theirs in on-chip memory).
 
 The per-layer counts are those of JAX's own residuals for this model (tests/scale check the
-formula against `saved_residuals`). Not counted: XLA temporaries and fusion buffers,
-activation gradients in flight (a few B*T*d), the optimizer's update buffers, the data
-pipeline. Treat the total as a lower bound; keep ~15% headroom.
+formula against `saved_residuals`, and the plan's total against XLA's memory analysis of the
+compiled LM step). Not counted: XLA temporaries and fusion buffers, activation gradients in
+flight (a few B*T*d), the optimizer's update buffers, the data pipeline. Treat the total as
+an estimate; keep ~15% headroom.
 """
 from __future__ import annotations
 
@@ -51,13 +64,21 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from instructjax.models import DecoderLM, ModelConfig
 from instructjax.config import ConfigError
+from instructjax.models import DecoderLM, ModelConfig, attention
+from instructjax.models.attention import blocked
+from instructjax.ops.head_chunks import positions_per_chunk
 from instructjax.parallel.sharding import ShardingContext, param_shardings
 from instructjax.training.state import TrainState, boxed_param_init
 
 GIB = 2 ** 30
 _F32 = 4
+# Chunk-sized float32 arrays of a chunked LM head live at once (logits, their exponent, their
+# gradient, the next chunk's logits), measured in XLA's buffer assignment of the LM step.
+HEAD_CHUNK_ARRAYS = 4
+# Score-block-sized float32 arrays the blocked attention kernel holds at once (scores,
+# probabilities, their gradient; same measurement).
+ATTENTION_BLOCK_ARRAYS = 3
 
 _log = logging.getLogger(__name__)
 
@@ -211,11 +232,21 @@ _BTF = ("act_batch", "act_length", "act_mlp")
 _BTH = ("act_batch", "act_length", "act_heads", None)
 _BTK = ("act_batch", "act_length", "act_kv_heads", None)
 _BHTT = ("act_batch", "act_heads", "act_length", None)
+_BHT = ("act_batch", "act_heads", "act_length")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 
 
-def layer_tensors(cfg: ModelConfig, batch: int, seq: int, remat: str = "none") -> list[Tensor]:
-  """The activations one layer keeps for its backward pass under `remat` (module docstring).
+def attention_implementation(cfg: ModelConfig, seq: int, backend: Optional[str] = None) -> str:
+  """The attention implementation a [*, seq] training step runs on `backend` (default: this
+  process's): `model.attention` resolved as models/attention/dispatch.py does."""
+  return attention.select(cfg.attention, seq, seq, cfg.jnp_dtype, cfg.resolved_head_dim,
+                          self_attention=True, backend=backend)
+
+
+def layer_tensors(cfg: ModelConfig, batch: int, seq: int, remat: str = "none",
+                  attention_impl: str = "reference") -> list[Tensor]:
+  """The activations one layer keeps for its backward pass under `remat` (module docstring),
+  with the attention implementation `attention_impl` ("reference" or a kernel).
 
   The weights' compute-dtype copies are not included: they depend on the parameter sharding
   (see `plan`).
@@ -224,35 +255,49 @@ def layer_tensors(cfg: ModelConfig, batch: int, seq: int, remat: str = "none") -
     raise ConfigError(f"config.model.remat: {remat!r} is not one of {REMAT_POLICIES}")
   b, t, d, f = batch, seq, cfg.d_model, cfg.d_ff
   h, k, dh, c = cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim, cfg.jnp_dtype.itemsize
+  reference = attention_impl == "reference"
   block_input = Tensor("block input", (b, t, d), _BTD, c)
   if remat == "full":
     return [block_input]
   qkv = [Tensor("q", (b, t, h, dh), _BTH, c), Tensor("k, v", (b, t, k, dh), _BTK, c, 2)]
   attn_out = Tensor("attention output", (b, t, h, dh), _BTH, c)
   if remat == "none":
+    if reference:
+      attn = [Tensor("softmax (float32)", (b, h, t, t), _BHTT, _F32),
+              Tensor("softmax (compute dtype)", (b, h, t, t), _BHTT, c)]
+    else:
+      attn = [Tensor("attention log-sum-exp (float32)", (b, h, t), _BHT, _F32)]
     return [Tensor("residual stream, norm outputs", (b, t, d), _BTD, c, 4),
-            Tensor("norm internals (float32)", (b, t, d), _BTD, _F32, 4), *qkv,
-            Tensor("softmax (float32)", (b, h, t, t), _BHTT, _F32),
-            Tensor("softmax (compute dtype)", (b, h, t, t), _BHTT, c), attn_out,
-            Tensor("MLP hidden", (b, t, f), _BTF, c, 6)]
+            Tensor("norm internals (float32)", (b, t, d), _BTD, _F32, 4), *qkv, *attn,
+            attn_out, Tensor("MLP hidden", (b, t, f), _BTF, c, 6)]
   saved = [block_input, Tensor("attention projection", (b, t, d), _BTD, c), *qkv,
            Tensor("MLP projections", (b, t, f), _BTF, c, 2 if cfg.gated_mlp else 1)]
-  if remat == "dots":
+  if remat == "dots" and reference:
     saved += [Tensor("attention scores (float32)", (b, h, t, t), _BHTT, _F32), attn_out]
   return saved
 
 
-def head_tensors(cfg: ModelConfig, batch: int, seq: int) -> list[Tensor]:
-  """What the model keeps outside its layers: mask, final norm, float32 logits."""
-  b, t, c, h = batch, seq, cfg.jnp_dtype.itemsize, cfg.n_heads
+def head_tensors(cfg: ModelConfig, batch: int, seq: int,
+                 attention_impl: str = "reference") -> list[Tensor]:
+  """What the model keeps outside its layers: mask, final norm, the LM head's float32 logits
+  (or, chunked, a chunk's worth of them as a transient)."""
+  b, t, c, h, v = batch, seq, cfg.jnp_dtype.itemsize, cfg.n_heads, cfg.vocab_size
   btv = ("act_batch", "act_length", "act_vocab")
-  if cfg.remat == "none":  # The per-head mask is hoisted out of the layer loop.
+  if attention_impl != "reference":  # Kernels read segment ids; cuDNN a bias built from them.
+    mask = ([Tensor("attention mask bias (cuDNN)", (b, t, t), ("act_batch", "act_length", None),
+                    c)] if attention_impl == "cudnn" else [])
+  elif cfg.remat == "none":  # The per-head mask is hoisted out of the layer loop.
     mask = [Tensor("attention mask (bool + float32)", (b, h, t, t), _BHTT, 1 + _F32)]
   else:
     mask = [Tensor("attention mask", (b, t, t), ("act_batch", "act_length", None), 1)]
   norm_f32 = 4 if cfg.norm_type == "layernorm" else 3  # LayerNorm also keeps x - mean.
-  out = [*mask, Tensor("final norm", (b, t, cfg.d_model), _BTD, c + norm_f32 * _F32),
-         Tensor("logits, exp, mask", (b, t, cfg.vocab_size), btv, 2 * _F32 + 1)]
+  out = [*mask, Tensor("final norm", (b, t, cfg.d_model), _BTD, c + norm_f32 * _F32)]
+  chunk = positions_per_chunk(b, t, cfg.resolved_logits_chunk_tokens)
+  if chunk:
+    out.append(Tensor("LM head chunk (float32, transient)", (b, chunk, v), btv, _F32,
+                      HEAD_CHUNK_ARRAYS))
+  else:
+    out.append(Tensor("logits, exp, mask", (b, t, v), btv, 2 * _F32 + 1))
   if cfg.tie_embeddings and c != _F32:  # JAX keeps the head's float32 transposed embedding.
     out.append(Tensor("tied head weight (float32)", (cfg.d_model, cfg.vocab_size),
                       ("embed", "vocab"), _F32))
@@ -283,22 +328,34 @@ def layer_weight_copies(cfg: ModelConfig, params: Any) -> tuple[int, int]:
 
 
 def activation_rows(cfg: ModelConfig, ctx: Optional[ShardingContext], batch: int,
-                    seq: int, params: Any = None) -> list[Row]:
+                    seq: int, params: Any = None, attention_impl: str = "reference") -> list[Row]:
   """Rows for the layers' saved activations, the recomputed layer (remat) and the head."""
-  saved_total, saved_local = sum_bytes(layer_tensors(cfg, batch, seq, cfg.remat), ctx)
+  saved_total, saved_local = sum_bytes(
+      layer_tensors(cfg, batch, seq, cfg.remat, attention_impl), ctx)
   rows = [Row(f"activations: {cfg.n_layers} layers saved", saved_local * cfg.n_layers,
-              saved_total * cfg.n_layers, f"remat {cfg.remat}")]
+              saved_total * cfg.n_layers, f"remat {cfg.remat}, attention {attention_impl}")]
   if cfg.remat == "none" and params is not None:
     copies_total, copies_local = layer_weight_copies(cfg, params)
     if copies_total:
       rows.append(Row(f"activations: {cfg.dtype} weight copies", copies_local, copies_total,
                       "saved by every layer without remat"))
   if cfg.remat != "none":
-    full_total, full_local = sum_bytes(layer_tensors(cfg, batch, seq, "none"), ctx)
+    full_total, full_local = sum_bytes(layer_tensors(cfg, batch, seq, "none", attention_impl),
+                                       ctx)
     rows.append(Row("activations: layer recomputed", full_local, full_total,
                     "transient, backward"))
-  head_total, head_local = sum_bytes(head_tensors(cfg, batch, seq), ctx)
-  rows.append(Row("activations: mask, norm, logits", head_local, head_total, "float32 logits"))
+  if attention_impl == "blocked":
+    bq, bk = min(blocked.BLOCK_Q, seq), min(blocked.BLOCK_K, seq)
+    blocks = Tensor("score blocks", (batch, cfg.n_heads, bq, bk), _BHTT, _F32,
+                    ATTENTION_BLOCK_ARRAYS)
+    block_total, block_local = blocks.bytes(ctx)
+    rows.append(Row("activations: attention blocks", block_local, block_total,
+                    f"transient, [{bq} x {bk}] per head"))
+  head_total, head_local = sum_bytes(head_tensors(cfg, batch, seq, attention_impl), ctx)
+  chunk = positions_per_chunk(batch, seq, cfg.resolved_logits_chunk_tokens)
+  rows.append(Row("activations: mask, norm, logits", head_local, head_total,
+                  f"float32 logits in chunks of {chunk} positions" if chunk
+                  else "float32 logits"))
   return rows
 
 
@@ -316,8 +373,10 @@ def device_capacity() -> Optional[int]:
 
 def plan(model: DecoderLM, tx: optax.GradientTransformation, ctx: ShardingContext, batch: int,
          seq: int, rules_name: str = "", label: str = "model",
-         capacity: Optional[int] = None) -> MemoryPlan:
-  """The memory plan of training `model` with `tx` on `ctx`'s mesh at global batch x seq."""
+         capacity: Optional[int] = None, backend: Optional[str] = None) -> MemoryPlan:
+  """The memory plan of training `model` with `tx` on `ctx`'s mesh at global batch x seq, on
+  `backend` ("cpu", "gpu", "tpu"; default: this process's), which decides the attention
+  implementation `model.attention = "auto"` runs."""
   cfg = model.cfg
   dp = ctx.data_parallel_size
   if batch % dp:
@@ -330,7 +389,8 @@ def plan(model: DecoderLM, tx: optax.GradientTransformation, ctx: ShardingContex
   rows = [Row(f"parameters ({pdt})", p_local, p_total),
           Row(f"gradients ({pdt})", p_local, p_total, "live during the update"),
           Row("optimizer state", o_local, o_total, "AdamW: 2 moments")]
-  rows += activation_rows(cfg, ctx, batch, seq, state.params)
+  rows += activation_rows(cfg, ctx, batch, seq, state.params,
+                          attention_implementation(cfg, seq, backend))
   layer, head = gathered_weight_bytes(cfg, state.params)
   if layer or head:
     rows.append(Row("fsdp-gathered weights", max(layer, head), None,
@@ -362,5 +422,5 @@ def log_plan(model: DecoderLM, tx: optax.GradientTransformation, ctx: ShardingCo
 
 
 __all__ = ["MemoryPlan", "REMAT_POLICIES", "Row", "Tensor", "abstract_train_state",
-           "activation_rows", "device_capacity", "fmt_bytes", "head_tensors", "layer_tensors",
+           "activation_rows", "attention_implementation", "device_capacity", "fmt_bytes", "head_tensors", "layer_tensors",
            "log_plan", "plan", "sum_bytes", "tree_bytes"]

@@ -221,3 +221,35 @@ def test_config_validation():
     SamplingConfig(max_new_tokens=4, eos_id=2, pad_id=0, top_p=0.0)
   with pytest.raises(ValueError, match="temperature"):
     SamplingConfig(max_new_tokens=4, eos_id=2, pad_id=0, temperature=-1.0)
+
+
+def test_decode_loop_writes_the_cache_in_place(make_lm, prompts):
+  # The compiled decode loop makes no new buffer the size of the KV cache (a float32 cache;
+  # XLA on CPU computes bf16 writes in float32): every step writes its slots in place.
+  from instructjax.benchmarking import checks  # pylint: disable=import-outside-toplevel
+  from instructjax.generation import make_prefill_and_decode  # pylint: disable=import-outside-toplevel
+  cfg, model, params = make_lm("llama")
+  tokens, mask = prompts(cfg.vocab_size, LENGTHS, WIDTH)
+  prefill, decode = make_prefill_and_decode(model, greedy(cfg))
+  state = prefill(params, tokens, mask, jax.random.key(0))
+  compiled = decode.lower(params, state, jax.random.key(0)).compile()
+  assert checks.cache_buffers(compiled, state.cache.k.shape)["whole"] == 0
+
+
+def test_bfloat16_cache_samples_like_the_float32_cache(make_lm, prompts):
+  cfg, model, params = make_lm("llama")
+  _, bf16_model, _ = make_lm("llama", kv_cache_dtype="bfloat16")
+  tokens, mask = prompts(cfg.vocab_size, LENGTHS, WIDTH)
+  sampling = SamplingConfig(max_new_tokens=N, eos_id=no_eos(cfg.vocab_size), pad_id=PAD,
+                            temperature=1.0)
+  ref = make_sampler(model, sampling)(params, tokens, mask, jax.random.key(3))
+  out = make_sampler(bf16_model, sampling)(params, tokens, mask, jax.random.key(3))
+  check_conventions(out, tokens, mask, sampling)
+  # Same tokens where the bf16 keys and values do not flip a draw; log-probs within bf16 error.
+  valid = np.asarray(ref.response_mask)
+  same = np.asarray(out.response_tokens == ref.response_tokens)[valid]
+  first = valid[:, 0]
+  assert np.asarray(out.response_tokens == ref.response_tokens)[first, 0].all()
+  assert same.mean() > 0.5
+  np.testing.assert_allclose(np.asarray(out.logprobs)[first, 0], np.asarray(ref.logprobs)[first, 0],
+                             atol=0.05)

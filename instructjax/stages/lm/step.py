@@ -10,8 +10,9 @@ from typing import Callable, Optional
 import jax
 import optax
 
-from instructjax.models import DecoderLM
-from instructjax.ops.lm_loss import cross_entropy_loss
+from instructjax.models import DecoderLM, lm_head_weight
+from instructjax.ops.head_chunks import positions_per_chunk
+from instructjax.ops.lm_loss import cross_entropy_from_hidden
 from instructjax.training.state import TrainState
 
 LM_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")  # The batch contract.
@@ -19,11 +20,19 @@ LM_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")  # The 
 
 def lm_loss(model: DecoderLM, params, batch, rng: Optional[jax.Array] = None,
             deterministic: bool = True, z_loss: float = 0.0):
-  """(mean token cross-entropy, number of counted tokens) of `batch` under `params`."""
+  """(mean token cross-entropy, number of counted tokens) of `batch` under `params`.
+
+  The logits are computed from the final hidden states `model.cfg.logits_chunk_tokens` tokens
+  at a time (ops/head_chunks.py): no [B, T, vocab] array in the step.
+  """
   rngs = None if deterministic else {"dropout": rng}
-  logits, _ = model.apply({"params": params}, batch["tokens"], batch["positions"],
-                          batch["segment_ids"], deterministic=deterministic, rngs=rngs)
-  return cross_entropy_loss(logits, batch["targets"], batch["loss_mask"], z_loss=z_loss)
+  hidden, _ = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                          batch["segment_ids"], deterministic=deterministic, rngs=rngs,
+                          return_hidden=True)  # [B, T, d] float32
+  b, t = batch["tokens"].shape
+  chunk = positions_per_chunk(b, t, model.cfg.resolved_logits_chunk_tokens)
+  return cross_entropy_from_hidden(hidden, lm_head_weight(model.cfg, params), batch["targets"],
+                                   batch["loss_mask"], z_loss=z_loss, chunk=chunk)
 
 
 def make_lm_train_step(model: DecoderLM, tx: optax.GradientTransformation,

@@ -41,11 +41,13 @@ import jax.numpy as jnp
 import optax
 
 from instructjax.generation import SamplingConfig, make_sampler
-from instructjax.models import DecoderLM, gather_at, last_token_index, positions_from_mask
+from instructjax.models import (DecoderLM, gather_at, last_token_index, lm_head_weight,
+                                positions_from_mask)
 from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_rewards,
-                             entropy_bonus, explained_variance, gae, masked_count, masked_mean,
-                             policy_loss, token_logprobs, update_kl_controller, value_loss,
-                             whiten_rewards)
+                             explained_variance, gae, masked_count, masked_mean, policy_loss,
+                             update_kl_controller, value_loss, whiten_rewards)
+from instructjax.ops.head_chunks import positions_per_chunk
+from instructjax.ops.logprobs import logprobs_from_hidden
 from instructjax.parallel import xla_options
 from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages.lm import LM_KEYS, lm_loss
@@ -198,23 +200,29 @@ class Advantages(NamedTuple):
 # ------------------------------------------------------------------------------- forwards
 
 
-def response_logits(model: DecoderLM, params, tokens: Array, positions: Array,
+def response_hidden(model: DecoderLM, params, tokens: Array, positions: Array,
                     segment_ids: Array, prompt_len: int) -> Array:
-  """Logits predicting each response token: [B, P+N] inputs -> [B, N, V] float32.
+  """Final hidden states predicting each response token: [B, P+N] inputs -> [B, N, d] float32.
 
   Column P + t - 1 predicts response token t (t = 0 .. N-1).
   """
-  logits, _ = model.apply({"params": params}, tokens, positions, segment_ids,
-                          deterministic=True)  # [B, P+N, V]
+  hidden, _ = model.apply({"params": params}, tokens, positions, segment_ids,
+                          deterministic=True, return_hidden=True)  # [B, P+N, d]
   n = tokens.shape[1] - prompt_len
-  return jax.lax.slice_in_dim(logits, prompt_len - 1, prompt_len - 1 + n, axis=1)
+  return jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + n, axis=1)
 
 
 def response_logprobs(model: DecoderLM, params, tokens: Array, positions: Array,
-                      segment_ids: Array, prompt_len: int, temperature: float) -> Array:
-  """Log-probs [B, N] of the response tokens under softmax(logits / temperature)."""
-  logits = response_logits(model, params, tokens, positions, segment_ids, prompt_len)
-  return token_logprobs(logits, tokens[:, prompt_len:], temperature)
+                      segment_ids: Array, prompt_len: int, temperature: float,
+                      with_entropy: bool = False):
+  """Log-probs [B, N] of the response tokens under softmax(logits / temperature) (and the
+  entropies [B, N] with `with_entropy`), from the hidden states `model.cfg.logits_chunk_tokens`
+  tokens at a time: no [B, N, vocab] array."""
+  hidden = response_hidden(model, params, tokens, positions, segment_ids, prompt_len)
+  b, n = hidden.shape[:2]
+  chunk = positions_per_chunk(b, n, model.cfg.resolved_logits_chunk_tokens)
+  return logprobs_from_hidden(hidden, lm_head_weight(model.cfg, params), tokens[:, prompt_len:],
+                              temperature, chunk=chunk, with_entropy=with_entropy)
 
 
 def response_values(model: DecoderLM, params, tokens: Array, positions: Array,
@@ -381,13 +389,14 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
       losses and metrics (ratio_max aside) add up to the minibatch's. None: mb's own.
   """
   counts = counts or {}
-  logits = response_logits(models.policy, params, mb["tokens"], mb["positions"],
-                           mb["segment_ids"], mb["prompt_len"])  # [M, N, V]
+  logp, entropies = response_logprobs(models.policy, params, mb["tokens"], mb["positions"],
+                                      mb["segment_ids"], mb["prompt_len"], temperature,
+                                      with_entropy=True)  # [M, N] each
   mask = mb["response_mask"]
-  logp = token_logprobs(logits, mb["response_tokens"], temperature)
   pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps,
                             count=counts.get("tokens"))
-  entropy = entropy_bonus(logits, mask, temperature, count=counts.get("tokens"))
+  # The entropy bonus (ops.entropy_bonus) from per-token entropies.
+  entropy = masked_mean(entropies, mask, count=counts.get("tokens"))
   loss = pg_loss
   if cfg.entropy_coef:
     loss = loss - cfg.entropy_coef * entropy
