@@ -25,7 +25,6 @@ from instructjax.training.optim import make_optimizer
 from instructjax.stages import ppo
 from instructjax.stages.jit import jit_step
 from instructjax.stages.lm import make_lm_train_step
-from instructjax.stages.ppo.state import create_ppo_state
 from instructjax.stages.rm import make_rm_train_step
 from instructjax.training.state import create_train_state, init_params
 
@@ -85,7 +84,7 @@ def ppo_update_temp_bytes(cfg: ModelConfig, rows: int, seq: int) -> int:
 
   def new_state(key):
     params = lambda m: init_params(m, key)[0]
-    return create_ppo_state(models.policy, models.value, models.rm, policy_tx, value_tx,
+    return ppo.create_ppo_state(models.policy, models.value, models.rm, policy_tx, value_tx,
                             policy_params=params(models.policy),
                             value_params=params(models.value), rm_params=params(models.rm),
                             kl=fixed_kl_controller(0.1))[0]

@@ -57,3 +57,27 @@ def test_no_module_level_cache_of_jitted_functions():
             if any("jit" in r for r in returned):  # A memoised factory of compiled functions.
               offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {node.name}")
   assert not offenders, "\n".join(offenders)
+
+
+# The gold judge (correctness, exact match, hallucination) is for evaluation only: the modules
+# that train, sample training data or select models never import it. The labeler simulation
+# (world.labelers, world.comparisons) ranks responses by their utility with noise, as real
+# labelers would; training reads only its rankings.
+GOLD_MODULES = ("instructjax.world.correctness", "instructjax.world.hallucination")
+EVALUATION_ONLY = ("evaluate.py", "checks.py")  # Held-out evaluation; config checks (names).
+
+
+def test_training_never_imports_the_gold_judge():
+  offenders = []
+  training = [p for p in python_files("instructjax/stages", "instructjax/training",
+                                      "instructjax/data")
+              if os.path.basename(p) not in EVALUATION_ONLY]
+  training += [os.path.join(PACKAGE, "recipe", "run.py")]
+  for path in training:
+    for line, module, names in imported_modules(path):
+      gold = [m for m in GOLD_MODULES
+              if module == m or (module == "instructjax.world"
+                                 and m.rsplit(".", 1)[1] in names)]
+      if gold:
+        offenders.append(f"{os.path.relpath(path, ROOT)}:{line} imports {gold[0]}")
+  assert not offenders, offenders
