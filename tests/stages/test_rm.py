@@ -334,3 +334,19 @@ def test_sft_samples_are_drawn_with_bos_when_the_data_has_it(monkeypatch):
     settings.append(sft.settings())
   assert seen == [False, True]
   assert "add_bos" not in settings[0] and settings[1]["add_bos"] is True
+
+
+def test_heldout_comparisons_of_a_group_conditioned_world_are_tagged():
+  """The group-conditioned RM is evaluated on tagged prompts, like its training data (its
+  ceiling is then the labeler's own group's utility); a plain world's prompts stay bare."""
+  from instructjax.stages.rm.data import heldout_world_comparisons
+  from instructjax.world import split_group
+  from instructjax.world.splits import WorldConfig
+  small = dict(num_sft=20, num_rm=20, num_ppo=20, num_heldout=30, num_pretrain=10,
+               num_pretrain_heldout=5)
+  sample = lambda prompts, k: [[("sure! x", True)] * k for _ in prompts]
+  for source in (None, sample):
+    tagged = heldout_world_comparisons(WorldConfig(group_conditioned=True, **small), source)
+    assert all(split_group(c.prompt)[0] == c.group for c in tagged)
+    bare = heldout_world_comparisons(WorldConfig(**small), source)
+    assert all(split_group(c.prompt)[0] is None for c in bare)

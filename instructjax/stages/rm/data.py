@@ -46,12 +46,16 @@ def packed_len(config) -> int:
 def heldout_world_comparisons(world: world_splits.WorldConfig,
                               sample: Optional[world_cmp.SampleResponses]
                               ) -> list[world_cmp.Comparison]:
-  """Comparisons on the world's held-out prompts: static, or of `sample` when given."""
+  """Comparisons on the world's held-out prompts: static, or of `sample` when given; in a
+  group-conditioned world, like the training comparisons, each labeler's group is drawn first
+  and tags the prompt, so the held-out accuracy is measured on the inputs the RM is trained
+  and used on."""
   prompts = world_splits.heldout_prompts(world)
   rng = world_splits.split_rng(world, "rm_heldout_comparisons")  # Not any training stream.
+  grouped = world.group_conditioned
   if sample is None:
-    return world_cmp.static_comparisons(prompts, rng)
-  return world_cmp.policy_comparisons(prompts, sample, rng)
+    return world_cmp.static_comparisons(prompts, rng, condition_on_groups=grouped)
+  return world_cmp.policy_comparisons(prompts, sample, rng, condition_on_groups=grouped)
 
 
 def world_comparisons(config, workdir: str, sft: Sft
