@@ -26,8 +26,8 @@ from instructjax.data.schemas import Comparison as DataComparison
 from instructjax.parallel.distributed import host_batch_size
 from instructjax.stages import inputs
 from instructjax.stages.device_data import fixed_batches, to_device_batch
-from instructjax.stages.rm.sampling import (Sft, cached_jsonl, drop_blank, norm_sampling,
-                                            stable_seed)
+from instructjax.stages.rm.sampling import (MAX_REDRAWS, Sft, cached_jsonl, drop_blank,
+                                            norm_sampling, stable_seed)
 from instructjax.stages.rm.step import EVAL_KEYS, RM_KEYS
 from instructjax.world import comparisons as world_cmp
 from instructjax.world import splits as world_splits
@@ -66,12 +66,15 @@ def world_comparisons(config, workdir: str, sft: Sft
     return (world_splits.static_comparisons_for(world),
             heldout_world_comparisons(world, None), {})
   settings = {**sft.settings(), "world": config.data.world.to_dict()}
+  distinct = bool(config.rm.get("distinct_responses", False))
+  if distinct:  # Only when on, so caches written before the key stay valid.
+    settings["distinct_responses"] = True
   stats = {}
 
   def build(split: str) -> Callable[[], list[dict]]:
     def go():
       t0 = time.time()
-      sampler = sft.sampler(f"comparisons_{split}")
+      sampler = sft.sampler(f"comparisons_{split}", distinct=distinct)
       cmps = (world_splits.policy_comparisons_for(world, sampler) if split == "train"
               else heldout_world_comparisons(world, sampler))
       kept = [c for c in map(drop_blank, cmps) if c is not None]
@@ -79,6 +82,10 @@ def world_comparisons(config, workdir: str, sft: Sft
       stats[f"{split}_blank_responses"] = sampler.num_blank
       _log.info("sampled %d %s comparisons from the SFT policy in %.1fs (%d blank responses "
                 "left out)", len(kept), split, time.time() - t0, sampler.num_blank)
+      if distinct:
+        stats[f"{split}_prompts_with_duplicates"] = sampler.num_duplicate_prompts
+        _log.info("%s comparisons: %d prompts still have two equal responses after %d redraws",
+                  split, sampler.num_duplicate_prompts, MAX_REDRAWS)
       return [c.to_json() for c in kept]
     return go
 
