@@ -237,8 +237,9 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
     (other arguments as in make_lm_iterator)
 
   Returns:
-    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T] (packed: [B, T'] and
-    "response_id" [B, K_max]), "k_mask" and "last_index" [B, K_max], "group" [B] (index into
+    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T] (segment 1 the
+    prompt, 2 the response: one sequence under the model's `shared_prefix` attention; packed:
+    [B, T'] and "response_id" [B, K_max]), "k_mask" and "last_index" [B, K_max], "group" [B] (index into
     `group_names`, -1 = none); slot 0 of each prompt holds the best response. `records` are the
     validated Comparisons.
   """
@@ -285,7 +286,8 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
 
 
 def _comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):
-  return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"])
+  return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"],
+                                 prompt_len=ex["prompt_len"])
 
 
 def _encode_all(parsed: Sequence[Any], encoder: Callable[[int, Any], Callable[[], Any]],

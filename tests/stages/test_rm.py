@@ -298,7 +298,11 @@ def test_bad_configs_fail_before_compiling_naming_the_key(sft_dir, tmp_path):
   c = small_config("", 2, source="static")
   with pytest.raises(ConfigError, match=r"config\.init_from"):
     rm_driver.run(c, str(tmp_path / "c"))
-  for name in "abc":
+  c = small_config(sft_dir, 2, source="static")
+  c.rm.score_logprob = -0.5
+  with pytest.raises(ConfigError, match=r"^config\.rm\.score_logprob: must be >= 0"):
+    rm_driver.run(c, str(tmp_path / "d"))
+  for name in "abcd":
     assert nothing_written(str(tmp_path / name))
 
 

@@ -138,14 +138,17 @@ def text_batches(pairs: Sequence[tuple[str, str]], tokenizer, config, k_max: int
   """
   cfg = EncodeConfig(seq_len=config.data.seq_len,
                      add_bos=bool(config.data.get("add_bos", False)))
-  seqs = []
+  seqs, prompt_lens = [], []
   for i, (prompt, response) in enumerate(pairs):
     cmp = DataComparison(prompt=prompt, responses=(response,), ranking=(0,), where=f"sample[{i}]")
-    seqs.extend(encode_comparison(cmp, tokenizer, cfg, DataReport(), k_max=1, group_id=-1,
-                                  example_id=i)["seqs"])
+    ex = encode_comparison(cmp, tokenizer, cfg, DataReport(), k_max=1, group_id=-1,
+                           example_id=i)
+    seqs.extend(ex["seqs"])
+    prompt_lens.append(ex["prompt_len"])
   pad, b = tokenizer.pad_id, config.train.batch_size
   hb, first = host_batch_size(b), jax.process_index() * host_batch_size(b)
-  rows = [batching.comparison_row(seqs[i:i + k_max], k_max, config.data.seq_len, pad, -1)
+  rows = [batching.comparison_row(seqs[i:i + k_max], k_max, config.data.seq_len, pad, -1,
+                                  prompt_len=prompt_lens[i:i + k_max])
           for i in range(0, len(seqs), k_max)]
   empty = lambda: batching.empty_comparison_row(k_max, config.data.seq_len, pad)
   batches = []
