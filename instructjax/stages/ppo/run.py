@@ -6,7 +6,7 @@
 Models: the policy and the frozen reference from `config.init_from` (the SFT model), the frozen
 reward model from `config.reward_model`, the value model from the reward model
 (`config.value_init="reward_model"`, the paper's choice) or from the SFT trunk with a zero head
-("sft"). No dropout anywhere (see step.py: PPO must be deterministic at fixed weights). One
+("sft"), always a plain scalar head (a reward model's score_logprob term is not carried over). No dropout anywhere (see step.py: PPO must be deterministic at fixed weights). One
 iteration (rollout, then ppo.epochs over minibatches) is one jitted step with the state donated;
 the KL controller lives in the state, so checkpoints restore it. Writes `<workdir>/model`
 (policy), `<workdir>/value_model` and `ppo_results.json` once train.num_steps iterations are
