@@ -17,8 +17,10 @@ from instructjax import config as config_lib
 
 def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_samples: int = 256,
                 temperature: float = 1.0, max_new_tokens: int = 40,
-                sample_batch_size: int = 128) -> ml_collections.ConfigDict:
-  """Sampling the SFT policy (policy comparisons, normalisation) and the normalisation."""
+                sample_batch_size: int = 128, score_logprob: float = 0.0,
+                distinct_responses: bool = False) -> ml_collections.ConfigDict:
+  """Sampling the SFT policy (policy comparisons, normalisation), the normalisation, and the
+  reward model's form."""
   return ml_collections.ConfigDict(dict(
       normalize=normalize,  # "bias": SFT samples score 0 on average; "gain_bias": and std 1.
       norm_prompts=norm_prompts,  # "train" (RM prompts) or "heldout" prompts for those samples.
@@ -26,7 +28,14 @@ def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_sampl
       # The normalisation samples should be drawn as PPO samples (its ppo.temperature and
       # ppo.max_new_tokens); -1 / 0: as the comparison samples above.
       norm_temperature=-1.0, norm_max_new_tokens=0,
-      sample_batch_size=sample_batch_size))
+      sample_batch_size=sample_batch_size,
+      # > 0: the score adds a learned weight (initialised to this) times the log-likelihood the
+      # RM's own LM head (the SFT model's, fine-tuned with it) gives the response
+      # (ModelConfig.score_logprob); 0: the scalar head at the EOS only.
+      score_logprob=score_logprob,
+      # Policy comparisons: redraw a prompt's samples (a few rounds) until its K responses
+      # differ (labelers compare distinct responses where the policy gives them).
+      distinct_responses=distinct_responses))
 
 
 def get_config(arg=None):

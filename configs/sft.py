@@ -38,4 +38,9 @@ def get_config(arg=None):
     c.train = config_lib.train_config(batch_size=32, num_steps=a.steps or 2000, log_every=25,
                                       eval_every=250, eval_batches=16, save_every=500)
     c.optim = config_lib.optim_config(lr=1e-5, warmup_steps=100, weight_decay=0.0)
+  # > 0: that many pretraining documents (loss on every token) are shuffled in with the
+  # demonstrations, so that SFT keeps its web text (held-out pretraining loss); InstructWorld
+  # takes the first of its pretraining split, other sources of pretrain_mix_path ({"text"} JSONL).
+  c.data.pretrain_docs = 0
+  c.data.pretrain_mix_path = ""
   return c

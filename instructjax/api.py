@@ -175,10 +175,17 @@ class LM:
     if len(prompts) != len(responses):
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     tok = self._need_tokenizer()
-    rows = []
+    rows, prompt_lens = [], []
     for p, r in zip(prompts, responses):
-      ids = tok.encode(self.render_prompt(p, chat), add_bos=add_bos) + tok.encode(r)
+      prompt = tok.encode(self.render_prompt(p, chat), add_bos=add_bos)
+      ids = prompt + tok.encode(r)
       rows.append(ids + [tok.eos_id] if add_eos else ids)
+      prompt_lens.append(len(prompt))
+    if self.config.score_logprob:  # The score needs where the response starts: segments.
+      from instructjax.evaluation.scoring import last_token_scores
+      return [float(v) for v in last_token_scores(self.model, self.params, rows,
+                                                  pad_id=tok.pad_id, batch_size=batch_size,
+                                                  prefix_lens=prompt_lens)]
     scores: list[float] = []
     for start in range(0, len(rows), batch_size):
       tokens, mask = self._batch(rows[start:start + batch_size])

@@ -25,7 +25,7 @@ Rows that only fill up a final partial batch (drop_remainder=False) are all padd
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
@@ -84,8 +84,16 @@ def lm_batch(rows: Sequence[Row], batch_size: int, seq_len: int, pad_id: int) ->
 
 
 def comparison_row(seqs: Sequence[np.ndarray], k_max: int, seq_len: int, pad_id: int,
-                   group: int) -> Row:
-  """One prompt's ranked sequences (best first) as [K_max, T] arrays plus k_mask/last_index."""
+                   group: int, prompt_len: Union[int, Sequence[int]] = 0) -> Row:
+  """One prompt's ranked sequences (best first) as [K_max, T] arrays plus k_mask/last_index.
+
+  With `prompt_len` (one for all sequences, or one each), a sequence's first prompt_len
+  tokens are segment 1 and its response segment 2: read with the model's `shared_prefix`
+  attention that is the attention of one sequence, and it tells a reward model that scores
+  the response's log-likelihood (ModelConfig.score_logprob) where the response starts.
+  Without it (0), every real token is segment 1.
+  """
+  lens = [prompt_len] * len(seqs) if isinstance(prompt_len, (int, np.integer)) else prompt_len
   tokens = np.full((k_max, seq_len), pad_id, np.int32)
   positions = np.zeros((k_max, seq_len), np.int32)
   segment_ids = np.zeros((k_max, seq_len), np.int32)
@@ -96,6 +104,8 @@ def comparison_row(seqs: Sequence[np.ndarray], k_max: int, seq_len: int, pad_id:
     tokens[k, :n] = ids
     positions[k, :n] = np.arange(n, dtype=np.int32)
     segment_ids[k, :n] = 1
+    if lens[k]:
+      segment_ids[k, min(lens[k], n):n] = 2
     k_mask[k] = True
     last_index[k] = n - 1
   return {"tokens": tokens, "positions": positions, "segment_ids": segment_ids,

@@ -150,7 +150,7 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
                      max_prompt_len: int | None = None, truncate: bool = True,
                      on_error: OnError = "raise", adapter: str | Adapter | None = None,
                      packing_bins: int | None = None, read_threads: int = 0,
-                     log: bool = True) -> BatchIterator:
+                     log: bool = True, mix_texts: Source | None = None) -> BatchIterator:
   """Batches of SFT demonstrations (mode "sft") or pretraining text ("pretrain").
 
   Args:
@@ -174,6 +174,8 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
       tighter but hold more documents back.
     read_threads: grain read threads (0: in the caller's thread; data are in memory).
     log: log the DataReport summary when loading ends.
+    mix_texts: mode "sft" only: pretraining documents ({"text"}) shuffled in with the
+      demonstrations, the loss on every token (an SFT that keeps its web text).
 
   Returns:
     A BatchIterator of {"tokens", "positions", "segment_ids", "targets", "loss_mask"}, each
@@ -188,6 +190,16 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
   skipped_before = report.num_skipped
   examples = encode_lm_records(parsed, tokenizer, cfg, report, mode=mode, on_error=on_error)
   report.num_kept = len(parsed) - (report.num_skipped - skipped_before)
+  num_mixed = 0
+  if mix_texts is not None:
+    if mode != "sft":
+      raise ValueError("mix_texts adds pretraining text to SFT data: it needs mode 'sft'")
+    texts, mix_report = load_records(mix_texts, "texts", on_error=on_error)
+    mixed = encode_lm_records(texts, tokenizer, cfg, mix_report, mode="pretrain",
+                              on_error=on_error)
+    examples, num_mixed = examples + mixed, len(mixed)
+    if log:
+      log_report(mix_report)
   if log:
     log_report(report)
   if not examples:
@@ -209,7 +221,9 @@ def make_lm_iterator(records: Source, tokenizer, *, batch_size: int, seq_len: in
   fingerprint = _fingerprint(examples, "lm", mode=mode, pack=pack, seed=seed, shuffle=shuffle,
                              num_epochs=num_epochs, batch_size=batch_size, seq_len=seq_len,
                              shard_index=shard_index, shard_count=shard_count,
-                             packing_bins=packing_bins or batch_size)
+                             packing_bins=packing_bins or batch_size,
+                             # Only with a mix: fingerprints of plain SFT data stay as they were.
+                             **({"mixed_texts": num_mixed} if num_mixed else {}))
   return BatchIterator(it_ds, fingerprint=fingerprint, report=report, records=parsed)
 
 
@@ -237,8 +251,9 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
     (other arguments as in make_lm_iterator)
 
   Returns:
-    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T] (packed: [B, T'] and
-    "response_id" [B, K_max]), "k_mask" and "last_index" [B, K_max], "group" [B] (index into
+    A BatchIterator of {"tokens", "positions", "segment_ids"} [B, K_max, T] (segment 1 the
+    prompt, 2 the response: one sequence under the model's `shared_prefix` attention; packed:
+    [B, T'] and "response_id" [B, K_max]), "k_mask" and "last_index" [B, K_max], "group" [B] (index into
     `group_names`, -1 = none); slot 0 of each prompt holds the best response. `records` are the
     validated Comparisons.
   """
@@ -285,7 +300,8 @@ def make_comparison_iterator(records: Source, tokenizer, *, batch_size: int, seq
 
 
 def _comparison_row(ex: dict[str, Any], k_max: int, seq_len: int, pad_id: int):
-  return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"])
+  return batching.comparison_row(ex["seqs"], k_max, seq_len, pad_id, ex["group"],
+                                 prompt_len=ex["prompt_len"])
 
 
 def _encode_all(parsed: Sequence[Any], encoder: Callable[[int, Any], Callable[[], Any]],

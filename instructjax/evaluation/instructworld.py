@@ -312,12 +312,14 @@ def sequence_kl(policy: LoadedModel, responses: Responses, reference: LoadedMode
 def reward_scores(reward_model: LoadedModel, prompts: Sequence[str], texts: Sequence[str], *,
                   batch_size: int = 32, add_bos: bool = False) -> np.ndarray:
   """Reward-model scores, float32 [N]: prompt + response + EOS, read at the EOS (the last real
-  token), as the reward model was trained. Over-long rows keep their last tokens."""
+  token), as the reward model was trained (the prompt segment 1, the response after it
+  segment 2). Over-long rows keep their last tokens."""
   tok = reward_model.tokenizer
-  ids = [_encode(reward_model, p, add_bos) + list(tok.encode(t)) + [tok.eos_id]
-         for p, t in zip(prompts, texts)]
+  prompt_ids = [_encode(reward_model, p, add_bos) for p in prompts]
+  ids = [p + list(tok.encode(t)) + [tok.eos_id] for p, t in zip(prompt_ids, texts)]
   return last_token_scores(reward_model.model, reward_model.params, ids, pad_id=tok.pad_id,
-                           batch_size=batch_size, cache=reward_model.jit)
+                           batch_size=batch_size, cache=reward_model.jit,
+                           prefix_lens=[len(p) for p in prompt_ids])
 
 
 def heldout_lm_loss(lm: LoadedModel, documents: Sequence[str], *, batch_size: int = 16,

@@ -20,6 +20,7 @@ import numpy as np
 
 from instructjax.models import DecoderLM, gather_at, last_token_index, positions_from_mask
 from instructjax.models.compiled import JitCache, cached
+from instructjax.models.response_loglik import scoring_segments
 
 LENGTH_BUCKET = 16
 
@@ -71,9 +72,12 @@ def _logprob_fn(model: DecoderLM, temperature: float):
 
 
 def _score_fn(model: DecoderLM):
-  """Jitted (params, tokens, segs) -> scalar head at each row's last real token [B]."""
+  """Jitted (params, tokens, segs) -> scalar head at each row's last real token [B]; segs
+  [B, T] 0 = padding, 1 the prompt, 2 the response (or all 1: no prompt given)."""
   def fn(params, tokens, segs):
-    values, _ = model.apply({"params": params}, tokens, positions_from_mask(segs), segs)
+    rm_segs, shared_prefix = scoring_segments(model.cfg.score_logprob, segs)
+    values, _ = model.apply({"params": params}, tokens, positions_from_mask(segs != 0), rm_segs,
+                            shared_prefix=shared_prefix)
     return gather_at(values, last_token_index(segs))
   return jax.jit(fn)
 
@@ -120,10 +124,14 @@ def continuation_logprobs(model: DecoderLM, params, prompt_ids: Sequence[Sequenc
 
 
 def last_token_scores(model: DecoderLM, params, ids: Sequence[Sequence[int]], *, pad_id: int,
-                      batch_size: int = 32, cache: Optional[JitCache] = None) -> np.ndarray:
+                      batch_size: int = 32, cache: Optional[JitCache] = None,
+                      prefix_lens: Optional[Sequence[int]] = None) -> np.ndarray:
   """Scalar-head value at the last token of each row (the reward model's score), float32 [N].
 
-  Rows longer than the context keep their last max_seq_len tokens.
+  Rows longer than the context keep their last max_seq_len tokens. With `prefix_lens` (the
+  prompt's length in each row) the prompt is given to the model as segment 1 and the rest as
+  segment 2, as the reward model was trained: what a reward model that scores the response's
+  log-likelihood (ModelConfig.score_logprob) needs; a plain one scores the same either way.
   """
   if model.head != "scalar":
     raise ValueError(f"scores need a scalar-head model, got head={model.head!r}")
@@ -131,9 +139,15 @@ def last_token_scores(model: DecoderLM, params, ids: Sequence[Sequence[int]], *,
   rows = [list(r)[-cap:] for r in ids]
   if any(not r for r in rows):
     raise ValueError("cannot score an empty sequence")
+  if prefix_lens is not None and len(prefix_lens) != len(rows):
+    raise ValueError(f"{len(prefix_lens)} prefix lengths for {len(rows)} rows")
   fn = cached(cache, "scores", lambda: _score_fn(model))
   out = np.zeros(len(rows), np.float32)
   for idx, tokens, segs in _chunks(rows, batch_size, cap, pad_id):
+    if prefix_lens is not None:
+      for r, i in enumerate(idx):
+        cut = len(ids[i]) - len(rows[i])  # Tokens dropped from the left.
+        segs[r, max(prefix_lens[i] - cut, 0):len(rows[i])] = 2
     values = np.asarray(jax.device_get(fn(params, tokens, segs)))
     out[idx] = values[:len(idx)]
   return out

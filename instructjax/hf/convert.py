@@ -118,6 +118,12 @@ def export_hf(path: str, config: ModelConfig, params: Params, *, head: str = "lm
   """
   if score_bias not in SCORE_BIAS_POLICIES:
     raise ValueError(f"score_bias must be one of {SCORE_BIAS_POLICIES}, got {score_bias!r}")
+  if head == "scalar" and config.score_logprob:
+    raise HFConversionError(
+        f"this reward model's score adds score_logprob_weight times its own LM head's "
+        f"log-likelihood of the response (model.score_logprob={config.score_logprob}): an HF "
+        "*ForSequenceClassification head reads one linear score at the last token and cannot "
+        "express it; keep it as an instructjax model directory (LM.save / instructjax.load)")
   params = to_numpy(params)
   tensors = params_to_hf(config, head, params)
   if tokenizer is not None:

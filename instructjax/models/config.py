@@ -59,6 +59,10 @@ class ModelConfig:
   # Tokens (rows x positions) whose [tokens, vocab] float32 logits the LM losses and log-probs
   # compute at once, from the final hidden states; 0: AUTO_LOGITS_CHUNK_ELEMENTS // vocab.
   logits_chunk_tokens: int = 0
+  # Scalar head only. 0: the score is the head at a token. > 0: the model also keeps an LM head
+  # and adds a learned weight (initialised to this value) times the log-likelihood it gives
+  # the tokens after the shared prefix (the response): see DecoderLM.
+  score_logprob: float = 0.0
 
   # ---- derived properties ----
   @property
@@ -144,6 +148,8 @@ class ModelConfig:
       fail("attention", f"{self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
     if self.logits_chunk_tokens < 0:
       fail("logits_chunk_tokens", f"must be >= 0, got {self.logits_chunk_tokens}")
+    if self.score_logprob < 0:
+      fail("score_logprob", f"must be >= 0 (0 = off), got {self.score_logprob}")
     if not 0.0 <= self.dropout_rate < 1.0:
       fail("dropout_rate", f"must be in [0, 1), got {self.dropout_rate}")
     if self.rope_scaling_factor and self.rope_high_freq_factor <= self.rope_low_freq_factor:

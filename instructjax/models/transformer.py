@@ -20,6 +20,8 @@ from instructjax.models.attention import SHARED_PREFIX_SEGMENT, attention_mask  
 from instructjax.models.config import ModelConfig
 from instructjax.models.kv_cache import KVCache
 from instructjax.models.layers import MLP, Attention, Norm, declare
+from instructjax.models.response_loglik import response_loglik
+from instructjax.ops.head_chunks import positions_per_chunk
 from instructjax.parallel.sharding import ShardingContext, constrain
 
 Array = jax.Array
@@ -31,6 +33,7 @@ _REMAT_POLICIES = {
 }
 
 HEADS = ("lm", "scalar")
+LOGPROB_WEIGHT = "score_logprob_weight"  # The scalar head's weight of the log-likelihood term.
 
 
 def positions_from_mask(mask: Array) -> Array:
@@ -59,6 +62,15 @@ class Block(nn.Module):
 
 class DecoderLM(nn.Module):
   """tokens [B, T] -> logits [B, T, vocab] float32 ("lm") or values [B, T] float32 ("scalar").
+
+  With `cfg.score_logprob` > 0 the scalar head also holds an LM head (`lm_head`, or the tied
+  embedding) and a learned scalar `score_logprob_weight`: value_t = head(h_t) + weight * the
+  log-likelihood of the tokens s <= t of t's segment after the shared prefix
+  (models/response_loglik.py). Read at a response's last token, the score is the head plus the
+  weighted log-likelihood the model gives the response: a reward model that can use what its
+  language model knows about the answer. Callers give the prompt as segment 1 and the response
+  as segment 2 with shared_prefix=True (the attention of one sequence); a row with one segment
+  gets no log-likelihood term.
 
   `segment_ids` [B, T]: 0 marks padding; tokens attend only within their own segment, so packed
   documents and left padding are both expressed by it. `positions` [B, T] are position ids
@@ -161,7 +173,25 @@ class DecoderLM(nn.Module):
       b = declare(self, "score_bias", (1,), (None,), nn.initializers.zeros, pdt)
       out = (jnp.dot(xf, w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
              + b.astype(jnp.float32))[..., 0]
+      if cfg.score_logprob:
+        out = out + self._loglik_term(xf, embed, tokens, segment_ids)
     return out, new_cache
+
+  def _loglik_term(self, xf: Array, embed: Array, tokens: Array, segment_ids: Array) -> Array:
+    """weight * response log-likelihood [B, T] (cfg.score_logprob; class docstring), the LM
+    head applied to the hidden states xf [B, T, d] chunk by chunk."""
+    cfg, pdt = self.cfg, self.cfg.jnp_param_dtype
+    if cfg.tie_embeddings:
+      head = embed.astype(jnp.float32).T
+    else:
+      head = declare(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                     nn.initializers.normal(cfg.init_std), pdt).astype(jnp.float32)
+    weight = declare(self, LOGPROB_WEIGHT, (1,), (None,),
+                     nn.initializers.constant(cfg.score_logprob), pdt)
+    b, t = tokens.shape
+    chunk = positions_per_chunk(b, t, cfg.resolved_logits_chunk_tokens)
+    loglik = response_loglik(xf, head, tokens, segment_ids, chunk)  # [B, T]
+    return weight.astype(jnp.float32)[0] * loglik
 
 
 def lm_head_weight(cfg: ModelConfig, params) -> Array:

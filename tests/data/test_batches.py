@@ -93,6 +93,10 @@ def test_comparison_batch(tok):
     assert batch["tokens"][b, k, batch["last_index"][b, k]] == tok.eos_id
     n = batch["last_index"][b, k] + 1
     assert batch["segment_ids"][b, k, :n].all() and not batch["segment_ids"][b, k, n:].any()
+    # The prompt is segment 1, the response and EOS segment 2.
+    prompt_len = len(tok.encode(CMPS[b]["prompt"]))
+    np.testing.assert_array_equal(batch["segment_ids"][b, k, :n],
+                                  [1] * prompt_len + [2] * (n - prompt_len))
     np.testing.assert_array_equal(batch["positions"][b, k, :n], np.arange(n))
   assert not batch["segment_ids"][1, 2].any() and not batch["segment_ids"][3].any()
   assert it.group_names == ["g1", "g2"]

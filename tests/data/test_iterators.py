@@ -155,3 +155,44 @@ def test_grain_orbax_checkpoint_handler_round_trip(tok, tmp_path):
   handler.save(epath.Path(tmp_path), item=it)
   restored = handler.restore(epath.Path(tmp_path), item=make())
   _assert_same(straight[3:], _take(restored, 3))
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_sft_with_mixed_pretraining_text(tok, pack):
+  """mix_texts: each document appears once per epoch beside the demonstrations, every token
+  of it in the loss; the demonstrations keep their prompt out of the loss."""
+  texts = [{"text": f"web text {i}."} for i in range(5)]
+  it = make_lm_iterator(_sft(), tok, batch_size=2, seq_len=24, seed=0, pack=pack,
+                        num_epochs=1, drop_remainder=False, mix_texts=texts, **ONE_SHARD)
+  eos = tok.decode([tok.eos_id])
+  seen, docs = [], []
+  for batch in it:
+    for toks, seg, mask in zip(batch["tokens"], batch["segment_ids"], batch["loss_mask"]):
+      for s in range(1, seg.max(initial=0) + 1):
+        doc = tok.decode(toks[seg == s])
+        seen.append(doc)
+        if doc.startswith("web text"):
+          # Every token of the document predicts the next, the last one EOS.
+          assert mask[seg == s].sum() == (seg == s).sum() - 1, doc
+          docs.append(doc)
+        else:
+          assert mask[seg == s].sum() < (seg == s).sum() - 1, doc  # The prompt is not.
+  assert sorted(docs) == sorted(t["text"] + eos for t in texts)
+  assert len(seen) == N + len(texts)
+  assert it.fingerprint["mixed_texts"] == len(texts)
+  with pytest.raises(ValueError, match="mode 'sft'"):
+    make_lm_iterator(texts, tok, batch_size=2, seq_len=24, seed=0, pack=False, mode="pretrain",
+                     mix_texts=texts, **ONE_SHARD)
+
+
+def test_sft_without_a_mix_is_unchanged():
+  """mix_texts=None (config.data.pretrain_docs = 0): the same batches and fingerprint as an
+  iterator made without the argument."""
+  from instructjax.tokenizer import CharTokenizer
+  tok = CharTokenizer()
+  kw = dict(batch_size=4, seq_len=24, seed=3, pack=True, **ONE_SHARD)
+  a, b = make_lm_iterator(_sft(), tok, **kw), make_lm_iterator(_sft(), tok, mix_texts=None, **kw)
+  assert a.fingerprint == b.fingerprint and "mixed_texts" not in a.fingerprint
+  for x, y in zip(_take(a, 4), _take(b, 4)):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])

@@ -132,3 +132,27 @@ def test_unexpected_or_missing_tensors(hf_dirs, tmp_path):
   save_file(missing, os.path.join(d, "model.safetensors"))
   with pytest.raises(HFConversionError, match="layers.2.mlp.up_proj"):
     import_hf(d)
+
+
+def test_a_reward_model_scoring_its_own_loglikelihood_is_not_exported(tmp_path):
+  """model.score_logprob > 0: the score adds a weighted LM log-likelihood, which a
+  sequence-classification head cannot hold: one clear error, nothing written; the
+  instructjax directory round-trips it exactly."""
+  import jax
+  from hf_testlib import random_params
+  from instructjax.models import get_preset
+  from instructjax.tokenizer import CharTokenizer
+  tok = CharTokenizer()
+  cfg = get_preset("test").replace(vocab_size=tok.vocab_size, score_logprob=0.2)
+  rm = instructjax.LM(cfg, random_params(cfg, "scalar"), tok, head="scalar")
+  assert "score_logprob_weight" in rm.params and "lm_head" in rm.params
+  with pytest.raises(HFConversionError, match=r"score_logprob.*cannot express") as err:
+    rm.to_hf(str(tmp_path / "hf"))
+  assert len(str(err.value).splitlines()) == 1
+  assert not os.path.exists(tmp_path / "hf")
+  back = instructjax.load(rm.save(str(tmp_path / "rm")))
+  assert back.config == cfg and back.head == "scalar"
+  for a, b in zip(jax.tree.leaves(rm.params), jax.tree.leaves(back.params)):
+    np.testing.assert_array_equal(a, b)
+  prompts, responses = ["sort: 2 1\n", "ab"], ["1 2", "c"]
+  np.testing.assert_array_equal(rm.score(prompts, responses), back.score(prompts, responses))

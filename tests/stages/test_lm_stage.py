@@ -123,3 +123,54 @@ def test_sft_without_held_out_records_trains_and_says_so(pretrained, tmp_path, c
   with pytest.raises(ConfigError, match=r"keep_best_metric='loss' needs held-out data: set "
                                         r"config\.data\.eval_path"):
     lm_driver.run(c, str(tmp_path / "best"))
+
+
+def test_sft_pretrain_mix_takes_the_first_pretraining_documents(tmp_path):
+  from instructjax.stages.lm import data as lm_data
+  from instructjax.world import splits, write_jsonl
+  c = small_config("sft.py", 2)
+  assert c.data.pretrain_docs == 0 and lm_data.pretrain_mix(c) is None  # Off by default.
+  c.data.pretrain_docs = 7
+  world = splits.WorldConfig(**c.data.world.to_dict())
+  want = [{"text": d} for d in splits.pretrain_documents(world)[:7]]
+  assert lm_data.pretrain_mix(c) == want
+  c.data.source, c.data.train_path = "jsonl", str(tmp_path / "demos.jsonl")
+  write_jsonl(c.data.train_path, [{"prompt": "a", "response": "b"}])
+  with pytest.raises(ConfigError, match=r"^config\.data\.pretrain_mix_path: required"):
+    lm_data.check_pretrain_mix(c)
+  c.data.pretrain_mix_path = str(tmp_path / "missing.jsonl")
+  with pytest.raises(ConfigError, match=r"^config\.data\.pretrain_mix_path: .*does not exist"):
+    lm_data.check_pretrain_mix(c)
+  c.data.pretrain_mix_path = str(tmp_path / "web.jsonl")
+  write_jsonl(c.data.pretrain_mix_path, want + [{"text": "more"}])
+  lm_data.check_pretrain_mix(c)
+  assert lm_data.pretrain_mix(c) == want
+  c.data.pretrain_docs = -1
+  with pytest.raises(ConfigError, match=r"^config\.data\.pretrain_docs: must be an integer >= 0"):
+    lm_data.check_pretrain_mix(c)
+
+
+def test_sft_batches_are_unchanged_without_a_mix_and_mix_when_asked():
+  """pretrain_docs = 0: the stage's SFT batches are bitwise those of the iterator without a
+  mix; pretrain_docs > 0: the documents are in the batches."""
+  from instructjax.stages import inputs
+  from instructjax.stages.lm import data as lm_data
+  from instructjax.tokenizer import CharTokenizer
+  c = small_config("sft.py", 2)
+  tok = CharTokenizer()
+  got = lm_data.train_batches(c, tok, None)
+  plain = lm_data._iterator(inputs.lm_records(c, "sft", "train"), tok, c, seed=c.seed)
+  assert got.host_iter.fingerprint == plain.fingerprint
+  for _ in range(3):
+    x, y = next(got), next(plain)
+    for k in lm_data.LM_KEYS:
+      np.testing.assert_array_equal(np.asarray(x[k]), y[k])
+  c.data.pretrain_docs = 50
+  mixed = lm_data.train_batches(c, tok, None)
+  assert mixed.host_iter.fingerprint["mixed_texts"] >= 50  # Long documents: several rows.
+  # Unpacked rows: a document's every token but the last predicts the next (in the loss), a
+  # demonstration's prompt does not.
+  docs = sum(int((np.asarray(b["loss_mask"]).sum(-1)
+                  == (np.asarray(b["segment_ids"]) != 0).sum(-1) - 1).sum())
+             for b in (next(mixed) for _ in range(10)))
+  assert c.data.pack is False and docs > 0

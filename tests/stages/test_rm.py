@@ -298,7 +298,11 @@ def test_bad_configs_fail_before_compiling_naming_the_key(sft_dir, tmp_path):
   c = small_config("", 2, source="static")
   with pytest.raises(ConfigError, match=r"config\.init_from"):
     rm_driver.run(c, str(tmp_path / "c"))
-  for name in "abc":
+  c = small_config(sft_dir, 2, source="static")
+  c.rm.score_logprob = -0.5
+  with pytest.raises(ConfigError, match=r"^config\.rm\.score_logprob: must be >= 0"):
+    rm_driver.run(c, str(tmp_path / "d"))
+  for name in "abcd":
     assert nothing_written(str(tmp_path / name))
 
 
@@ -334,3 +338,82 @@ def test_sft_samples_are_drawn_with_bos_when_the_data_has_it(monkeypatch):
     settings.append(sft.settings())
   assert seen == [False, True]
   assert "add_bos" not in settings[0] and settings[1]["add_bos"] is True
+
+
+def test_heldout_comparisons_of_a_group_conditioned_world_are_tagged():
+  """The group-conditioned RM is evaluated on tagged prompts, like its training data (its
+  ceiling is then the labeler's own group's utility); a plain world's prompts stay bare."""
+  from instructjax.stages.rm.data import heldout_world_comparisons
+  from instructjax.world import split_group
+  from instructjax.world.splits import WorldConfig
+  small = dict(num_sft=20, num_rm=20, num_ppo=20, num_heldout=30, num_pretrain=10,
+               num_pretrain_heldout=5)
+  sample = lambda prompts, k: [[("sure! x", True)] * k for _ in prompts]
+  for source in (None, sample):
+    tagged = heldout_world_comparisons(WorldConfig(group_conditioned=True, **small), source)
+    assert all(split_group(c.prompt)[0] == c.group for c in tagged)
+    bare = heldout_world_comparisons(WorldConfig(**small), source)
+    assert all(split_group(c.prompt)[0] is None for c in bare)
+
+
+class _ScriptedSampler:
+  """A PolicySampler whose policy answers each prompt from a script, in order."""
+
+  @staticmethod
+  def make(answers, distinct):
+    from instructjax.stages.rm.sampling import PolicySampler
+
+    class Fake(PolicySampler):
+      def __init__(self):  # No model: _generate reads the script.
+        self.answers = {p: iter(a) for p, a in answers.items()}
+        self.distinct, self.num_blank, self.num_duplicate_prompts = distinct, 0, 0
+
+      def _generate(self, prompts):
+        return [(next(self.answers[p]), True) for p in prompts]
+    return Fake()
+
+
+def test_distinct_responses_are_redrawn_until_they_differ():
+  answers = {"a": ["x", "x", "y", "x", "z", "w"], "b": ["u"] * 20}
+  sampler = _ScriptedSampler.make(answers, distinct=True)
+  got = sampler(["a", "b"], 3)
+  assert [t for t, _ in got[0]] == ["x", "z", "y"]  # The duplicates "x", "x" were redrawn.
+  assert [t for t, _ in got[1]] == ["u"] * 3  # A policy with one answer keeps its duplicates,
+  assert sampler.num_duplicate_prompts == 1  # counted once per prompt.
+  plain = _ScriptedSampler.make({"a": ["x", "x", "y"]}, distinct=False)
+  assert [t for t, _ in plain(["a"], 3)[0]] == ["x", "x", "y"]  # Off (the default): as drawn.
+  assert plain.num_duplicate_prompts == 0
+
+
+def test_distinct_responses_reach_the_sampler_and_the_cache_settings(tmp_path):
+  """config.rm.distinct_responses turns the redraws on; the comparisons' cache records it
+  only when on (caches written without the key stay valid)."""
+  from instructjax.stages.rm import data as rm_data
+  made = []
+
+  class Sampler:
+    num_blank = num_duplicate_prompts = 0
+
+    def __call__(self, prompts, k):
+      return [[(f"r{j}", True) for j in range(k)] for _ in prompts]
+
+  class Sft:
+    def settings(self):
+      return {"seed": 0}
+
+    def sampler(self, stream, distinct=False):
+      made.append(distinct)
+      return Sampler()
+  c = load_rm_config()
+  c.data.world.comparison_source = "policy"
+  c.data.world.update(dict(num_sft=20, num_rm=20, num_ppo=20, num_heldout=30, num_pretrain=10,
+                           num_pretrain_heldout=5))
+  metas = []
+  for distinct in (False, True):
+    c.rm.distinct_responses = distinct
+    _, _, stats = rm_data.world_comparisons(c, str(tmp_path / str(distinct)), Sft())
+    metas.append(json.load(open(tmp_path / str(distinct) / "comparisons" /
+                                "train.jsonl.meta.json")))
+    assert ("train_prompts_with_duplicates" in stats) == distinct
+  assert made == [False, False, True, True]
+  assert "distinct_responses" not in metas[0] and metas[1]["distinct_responses"] is True

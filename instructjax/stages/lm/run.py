@@ -55,6 +55,7 @@ def check(config) -> tuple[Any, ModelConfig]:
       lambda: lengths.auto_seq_len(model_cfg.max_seq_len),
       f"min({lengths.AUTO_SEQ_LEN}, max_seq_len {model_cfg.max_seq_len} of config.{key})")})
   inputs.check_source(config)
+  data.check_pretrain_mix(config)
   runner.check_seq_len(config.data.seq_len, "config.data.seq_len", model_cfg, key)
   if config.train.keep_best_metric and not inputs.has_eval(config):
     raise ConfigError(f"config.train.keep_best_metric={config.train.keep_best_metric!r} needs "

@@ -6,7 +6,7 @@
 Models: the policy and the frozen reference from `config.init_from` (the SFT model), the frozen
 reward model from `config.reward_model`, the value model from the reward model
 (`config.value_init="reward_model"`, the paper's choice) or from the SFT trunk with a zero head
-("sft"). No dropout anywhere (see step.py: PPO must be deterministic at fixed weights). One
+("sft"), always a plain scalar head (a reward model's score_logprob term is not carried over). No dropout anywhere (see step.py: PPO must be deterministic at fixed weights). One
 iteration (rollout, then ppo.epochs over minibatches) is one jitted step with the state donated;
 the KL controller lives in the state, so checkpoints restore it. Writes `<workdir>/model`
 (policy), `<workdir>/value_model` and `ppo_results.json` once train.num_steps iterations are
@@ -23,7 +23,8 @@ import jax
 
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM
-from instructjax.models.heads import scalar_model_from_lm
+from instructjax.models.heads import (scalar_model_from_lm, value_model_config,
+                                      without_loglik_term)
 from instructjax.stages import inputs, runner
 from instructjax.stages.ppo import data
 from instructjax.stages.ppo.checks import check, kl_controller, sampling_config
@@ -62,10 +63,12 @@ def load_weights(config):
   if policy_cfg.vocab_size != rm_cfg.vocab_size:
     raise ConfigError(f"config.reward_model: vocabulary {rm_cfg.vocab_size} differs from the "
                       f"policy's {policy_cfg.vocab_size} (config.init_from)")
-  value_params = rm_params
+  # The value model is a plain scalar head: a reward model's log-likelihood term
+  # (score_logprob) is not carried over (values are read at every response token).
+  value_params = without_loglik_term(rm_params)
   if config.value_init == "sft":
     try:
-      value_params = scalar_model_from_lm(policy_params, jax.eval_shape(lambda: rm_params))
+      value_params = scalar_model_from_lm(policy_params, jax.eval_shape(lambda: value_params))
     except ValueError as e:
       raise ConfigError(f"config.value_init='sft': {e}") from e
   return policy_params, rm_params, value_params, policy_cfg, rm_cfg, tokenizer
@@ -79,7 +82,7 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
   # --- Weights and models
   policy_params, rm_params, value_params, policy_cfg, rm_cfg, tokenizer = load_weights(config)
   models = PPOModels(policy=DecoderLM(policy_cfg, head="lm", shard=ctx),
-                     value=DecoderLM(rm_cfg, head="scalar", shard=ctx),
+                     value=DecoderLM(value_model_config(rm_cfg), head="scalar", shard=ctx),
                      rm=DecoderLM(rm_cfg, head="scalar", shard=ctx))
 
   # --- Data: every bad record is reported before anything is compiled.
@@ -148,7 +151,8 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
           "ema": cfg.ema_decay > 0, "init_from": results["init_from"],
           "reward_model": results["reward_model"],
           **{f"heldout_{k}": final_eval[k] for k in ("score", "kl") if k in final_eval}}
-  runner.write_model(os.path.join(workdir, VALUE_MODEL_DIR), state.value_params, rm_cfg,
+  runner.write_model(os.path.join(workdir, VALUE_MODEL_DIR), state.value_params,
+                     value_model_config(rm_cfg),
                      tokenizer, head="scalar", meta={**meta, "stage": "ppo_value"})
   runner.write_model(runner.model_dir(workdir), eval_params(state), policy_cfg, tokenizer,
                      head="lm", meta=meta)

@@ -43,6 +43,7 @@ import optax
 from instructjax.generation import SamplingConfig, make_sampler
 from instructjax.models import (DecoderLM, gather_at, last_token_index, lm_head_weight,
                                 positions_from_mask)
+from instructjax.models.response_loglik import scoring_segments
 from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_rewards,
                              explained_variance, gae, masked_count, masked_mean, policy_loss,
                              update_kl_controller, value_loss, whiten_rewards)
@@ -235,10 +236,20 @@ def response_values(model: DecoderLM, params, tokens: Array, positions: Array,
 
 
 def sequence_scores(model: DecoderLM, params, tokens: Array, positions: Array,
-                    segment_ids: Array) -> Array:
-  """Reward-model scores [B]: the scalar head at the last real token of each row."""
-  values, _ = model.apply({"params": params}, tokens, positions, segment_ids,
-                          deterministic=True)  # [B, T]
+                    segment_ids: Array, prompt_len: int) -> Array:
+  """Reward-model scores [B]: the scalar head at the last real token of each row.
+
+  Rows are [B, P+N] (or P+N+1, `rm_inputs`): the prompt in the first P = prompt_len columns
+  (left padded), the response after. They reach the RM as its training rows did: the prompt
+  segment 1, the response segment 2 (`scoring_segments`), so a reward model that scores the
+  response's log-likelihood (model.score_logprob) knows where the response starts.
+  """
+  cols = jnp.arange(tokens.shape[1])[None, :]  # [1, T]
+  split = jnp.where(segment_ids != 0, jnp.where(cols < prompt_len, 1, 2), 0)  # [B, T]
+  rm_segments, shared_prefix = scoring_segments(model.cfg.score_logprob,
+                                                split.astype(segment_ids.dtype))
+  values, _ = model.apply({"params": params}, tokens, positions, rm_segments,
+                          deterministic=True, shared_prefix=shared_prefix)  # [B, T]
   return gather_at(values, last_token_index(segment_ids))
 
 
@@ -292,7 +303,7 @@ def score_sequences(models: PPOModels, cfg: PPOConfig, temperature: float, state
         "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
                                           temperature),
         "values": response_values(models.value, state.value_params, tok, pos, seg, p),
-        "rm_score": sequence_scores(models.rm, state.rm_params, *rm_seq),
+        "rm_score": sequence_scores(models.rm, state.rm_params, *rm_seq, p),
     }
 
   rm_seq = rm_inputs(tokens, segment_ids, finished, eos_id)
@@ -351,7 +362,8 @@ def eval_episodes(models: PPOModels, sampling: SamplingConfig, policy_params, re
   ref = response_logprobs(models.policy, ref_params, *seq, p, temperature)
   kl = jnp.sum(jnp.where(out.response_mask, logp - ref, 0.0), axis=-1)
   score = sequence_scores(models.rm, rm_params,
-                          *rm_inputs(out.tokens, out.segment_ids, out.finished, sampling.eos_id))
+                          *rm_inputs(out.tokens, out.segment_ids, out.finished, sampling.eos_id),
+                          p)
   return {"response_tokens": out.response_tokens, "finished": out.finished,
           "lengths": out.lengths, "score": score, "kl": kl}
 

@@ -18,7 +18,8 @@ NORM_PROMPTS = ("train", "heldout")
 def check(config) -> tuple[object, ModelConfig]:
   """Returns the config with the lengths it leaves to the model filled in (stages/lengths.py)
   and the reward model's ModelConfig: the SFT model's (config.init_from), with the run's
-  runtime fields and no dropout (its noise would leak into the ranking targets)."""
+  runtime fields, no dropout (its noise would leak into the ranking targets) and
+  score_logprob = config.rm.score_logprob (the log-likelihood term, DecoderLM)."""
   if config.stage != "rm":
     raise ConfigError(f"config.stage: the reward-model stage runs 'rm', not {config.stage!r}")
   mesh_shape = config_lib.validate_common(config, jax.device_count())
@@ -44,6 +45,9 @@ def check(config) -> tuple[object, ModelConfig]:
   if rm.get("norm_max_new_tokens", 0) < 0:
     raise ConfigError(f"config.rm.norm_max_new_tokens: must be >= 0 (0 = rm.max_new_tokens), "
                       f"got {rm.norm_max_new_tokens}")
+  if rm.get("score_logprob", 0.0) < 0:
+    raise ConfigError(f"config.rm.score_logprob: must be >= 0 (0 = the scalar head alone), got "
+                      f"{rm.score_logprob}")
   if rm.sample_batch_size % dp:
     raise ConfigError(f"config.rm.sample_batch_size={rm.sample_batch_size} is not divisible by "
                       f"the data-parallel size {dp}")
@@ -65,4 +69,5 @@ def check(config) -> tuple[object, ModelConfig]:
     raise ConfigError(f"config.train.keep_best_metric={config.train.keep_best_metric!r} needs "
                       "held-out comparisons: set config.data.eval_path")
   runner.check_seq_len(config.data.seq_len, "config.data.seq_len", model_cfg, "init_from")
-  return config, model_cfg.replace(**runner.runtime_fields(config, dropout=False)).validate()
+  return config, model_cfg.replace(**runner.runtime_fields(config, dropout=False),
+                                   score_logprob=float(rm.get("score_logprob", 0.0))).validate()

@@ -26,8 +26,8 @@ from instructjax.data.schemas import Comparison as DataComparison
 from instructjax.parallel.distributed import host_batch_size
 from instructjax.stages import inputs
 from instructjax.stages.device_data import fixed_batches, to_device_batch
-from instructjax.stages.rm.sampling import (Sft, cached_jsonl, drop_blank, norm_sampling,
-                                            stable_seed)
+from instructjax.stages.rm.sampling import (MAX_REDRAWS, Sft, cached_jsonl, drop_blank,
+                                            norm_sampling, stable_seed)
 from instructjax.stages.rm.step import EVAL_KEYS, RM_KEYS
 from instructjax.world import comparisons as world_cmp
 from instructjax.world import splits as world_splits
@@ -46,12 +46,16 @@ def packed_len(config) -> int:
 def heldout_world_comparisons(world: world_splits.WorldConfig,
                               sample: Optional[world_cmp.SampleResponses]
                               ) -> list[world_cmp.Comparison]:
-  """Comparisons on the world's held-out prompts: static, or of `sample` when given."""
+  """Comparisons on the world's held-out prompts: static, or of `sample` when given; in a
+  group-conditioned world, like the training comparisons, each labeler's group is drawn first
+  and tags the prompt, so the held-out accuracy is measured on the inputs the RM is trained
+  and used on."""
   prompts = world_splits.heldout_prompts(world)
   rng = world_splits.split_rng(world, "rm_heldout_comparisons")  # Not any training stream.
+  grouped = world.group_conditioned
   if sample is None:
-    return world_cmp.static_comparisons(prompts, rng)
-  return world_cmp.policy_comparisons(prompts, sample, rng)
+    return world_cmp.static_comparisons(prompts, rng, condition_on_groups=grouped)
+  return world_cmp.policy_comparisons(prompts, sample, rng, condition_on_groups=grouped)
 
 
 def world_comparisons(config, workdir: str, sft: Sft
@@ -62,12 +66,15 @@ def world_comparisons(config, workdir: str, sft: Sft
     return (world_splits.static_comparisons_for(world),
             heldout_world_comparisons(world, None), {})
   settings = {**sft.settings(), "world": config.data.world.to_dict()}
+  distinct = bool(config.rm.get("distinct_responses", False))
+  if distinct:  # Only when on, so caches written before the key stay valid.
+    settings["distinct_responses"] = True
   stats = {}
 
   def build(split: str) -> Callable[[], list[dict]]:
     def go():
       t0 = time.time()
-      sampler = sft.sampler(f"comparisons_{split}")
+      sampler = sft.sampler(f"comparisons_{split}", distinct=distinct)
       cmps = (world_splits.policy_comparisons_for(world, sampler) if split == "train"
               else heldout_world_comparisons(world, sampler))
       kept = [c for c in map(drop_blank, cmps) if c is not None]
@@ -75,6 +82,10 @@ def world_comparisons(config, workdir: str, sft: Sft
       stats[f"{split}_blank_responses"] = sampler.num_blank
       _log.info("sampled %d %s comparisons from the SFT policy in %.1fs (%d blank responses "
                 "left out)", len(kept), split, time.time() - t0, sampler.num_blank)
+      if distinct:
+        stats[f"{split}_prompts_with_duplicates"] = sampler.num_duplicate_prompts
+        _log.info("%s comparisons: %d prompts still have two equal responses after %d redraws",
+                  split, sampler.num_duplicate_prompts, MAX_REDRAWS)
       return [c.to_json() for c in kept]
     return go
 
@@ -127,14 +138,17 @@ def text_batches(pairs: Sequence[tuple[str, str]], tokenizer, config, k_max: int
   """
   cfg = EncodeConfig(seq_len=config.data.seq_len,
                      add_bos=bool(config.data.get("add_bos", False)))
-  seqs = []
+  seqs, prompt_lens = [], []
   for i, (prompt, response) in enumerate(pairs):
     cmp = DataComparison(prompt=prompt, responses=(response,), ranking=(0,), where=f"sample[{i}]")
-    seqs.extend(encode_comparison(cmp, tokenizer, cfg, DataReport(), k_max=1, group_id=-1,
-                                  example_id=i)["seqs"])
+    ex = encode_comparison(cmp, tokenizer, cfg, DataReport(), k_max=1, group_id=-1,
+                           example_id=i)
+    seqs.extend(ex["seqs"])
+    prompt_lens.append(ex["prompt_len"])
   pad, b = tokenizer.pad_id, config.train.batch_size
   hb, first = host_batch_size(b), jax.process_index() * host_batch_size(b)
-  rows = [batching.comparison_row(seqs[i:i + k_max], k_max, config.data.seq_len, pad, -1)
+  rows = [batching.comparison_row(seqs[i:i + k_max], k_max, config.data.seq_len, pad, -1,
+                                  prompt_len=prompt_lens[i:i + k_max])
           for i in range(0, len(seqs), k_max)]
   empty = lambda: batching.empty_comparison_row(k_max, config.data.seq_len, pad)
   batches = []

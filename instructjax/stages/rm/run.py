@@ -4,7 +4,9 @@
       --config.init_from=runs/w/sft/model
 
 The RM is the SFT model's trunk (every parameter but `lm_head`) with a fresh scalar head (zero
-kernel and bias: every response starts at score 0, the loss at log 2). After training, the
+kernel and bias: every response starts at score 0, the loss at log 2); with
+config.rm.score_logprob > 0 it keeps the SFT model's LM head too and the score adds a learned
+weight (starting at that value) times the response's log-likelihood. After training, the
 map under which `config.rm.norm_samples` SFT samples score mean 0 (and std 1 for "gain_bias")
 is folded into the head. Writes `<workdir>/model` (head "scalar") and `rm_results.json` once
 train.num_steps steps are done; before that, checkpoints that a re-run resumes from.
@@ -59,7 +61,8 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
   # --- Model, optimizer and state: the SFT trunk with a zero score head.
   model = DecoderLM(model_cfg, head="scalar", shard=ctx)
   try:
-    start_params = scalar_model_from_lm(sft_params, nn.meta.unbox(abstract_params(model)))
+    start_params = scalar_model_from_lm(sft_params, nn.meta.unbox(abstract_params(model)),
+                                        logprob_weight=model_cfg.score_logprob)
   except ValueError as e:
     raise ConfigError(f"config.init_from: {e}") from e
   del sft_params

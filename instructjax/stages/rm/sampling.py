@@ -44,18 +44,22 @@ class PolicySampler:
   """One SFT sample per prompt, or K per prompt for `policy_comparisons` (a SampleResponses).
 
   Every call draws from its own seed, `stable_seed(seed, stream, call number)`, so a sampler made
-  with the same (seed, stream) reproduces the same samples.
+  with the same (seed, stream) reproduces the same samples. With `distinct`, the K responses of
+  a prompt are redrawn until they differ (`_redraw_duplicates`).
   """
 
   def __init__(self, model: DecoderLM, params: Any, tokenizer, sampling: SamplingConfig,
                batch_size: int, ctx: Optional[ShardingContext], seed: int, stream: str,
-               cache: JitCache, add_bos: bool = False):
+               cache: JitCache, add_bos: bool = False, distinct: bool = False):
     self.model, self.params, self.tokenizer = model, params, tokenizer
     self.add_bos = add_bos  # As the SFT policy read its prompts (config.data.add_bos).
     self.sampling, self.batch_size, self.ctx = sampling, batch_size, ctx
     self.seed, self.stream, self.calls = seed, stream, 0
     self.cache = cache
+    self.distinct = distinct
     self.num_blank = 0  # Responses still blank after MAX_REDRAWS.
+    # With `distinct`: prompts whose K responses still hold a duplicate after the redraws.
+    self.num_duplicate_prompts = 0
 
   def _generate(self, prompts: Sequence[str]) -> list[tuple[str, bool]]:
     interrupts.check()  # A signal whose exception got lost stops the run here.
@@ -79,7 +83,25 @@ class PolicySampler:
 
   def __call__(self, prompts: Sequence[str], k: int) -> list[list[tuple[str, bool]]]:
     flat = self.texts([p for p in prompts for _ in range(k)])
-    return [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+    out = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+    if self.distinct:
+      self._redraw_duplicates(prompts, out)
+    return out
+
+  def _redraw_duplicates(self, prompts: Sequence[str], out: list[list[tuple[str, bool]]]) -> None:
+    """Redraws, up to MAX_REDRAWS rounds, every response equal to an earlier one of its prompt
+    (labelers compare K distinct responses where the policy gives them); left as they are
+    after that (a policy may have fewer than K answers it ever gives), their prompts counted."""
+    def duplicates():
+      return [(i, j) for i, responses in enumerate(out) for j in range(len(responses))
+              if responses[j][0] in {t for t, _ in responses[:j]}]
+    for _ in range(MAX_REDRAWS):
+      dup = duplicates()
+      if not dup:
+        break
+      for (i, j), r in zip(dup, self.texts([prompts[i] for i, _ in dup])):
+        out[i][j] = r
+    self.num_duplicate_prompts += len({i for i, _ in duplicates()})
 
 
 
@@ -157,9 +179,11 @@ class Sft:
       self._loaded = (model, params, tokenizer)
     return self._loaded
 
-  def sampler(self, stream: str, for_normalization: bool = False) -> PolicySampler:
+  def sampler(self, stream: str, for_normalization: bool = False,
+              distinct: bool = False) -> PolicySampler:
     """A sampler of the SFT policy: at config.rm's comparison settings, or with
-    `for_normalization` at `norm_sampling(config)` (what PPO's rollouts use)."""
+    `for_normalization` at `norm_sampling(config)` (what PPO's rollouts use); `distinct` as
+    PolicySampler's."""
     model, params, tokenizer = self.load()
     rm = self.config.rm
     temperature, max_new = (norm_sampling(self.config) if for_normalization
@@ -167,7 +191,8 @@ class Sft:
     sampling = SamplingConfig(max_new_tokens=max_new, eos_id=tokenizer.eos_id,
                               pad_id=tokenizer.pad_id, temperature=temperature)
     return PolicySampler(model, params, tokenizer, sampling, rm.sample_batch_size, self.ctx,
-                         self.config.seed, stream, self.cache, add_bos=self._add_bos())
+                         self.config.seed, stream, self.cache, add_bos=self._add_bos(),
+                         distinct=distinct)
 
   def release(self) -> None:
     self._loaded = None  # Frees the policy's weights (and its compiled sampler) before training.

@@ -5,8 +5,10 @@ with its K ranked responses, best first:
   tokens, positions, segment_ids  int32 [B, K_max, T]  prompt + response_k + EOS, right padded
   k_mask                          bool  [B, K_max]     which slots hold a response (K varies)
   last_index                      int32 [B, K_max]     column of each slot's last real token
-The model sees the slots as B * K_max independent rows; a response's reward is the scalar head
-read at its last real token (the EOS), so it has attended to the whole prompt and response.
+The prompt is segment 1 of each row and the response (with its EOS) segment 2. The model sees
+the slots as B * K_max independent rows; a response's reward is the scalar head read at its
+last real token (the EOS), so it has attended to the whole prompt and response; with
+model.score_logprob > 0, plus the weighted log-likelihood of the response (DecoderLM).
 
 Packed layout (`make_comparison_iterator(packed_len=...)`): tokens, positions, segment_ids
 [B, T] hold the prompt once (segment 1) followed by the K responses (segments 2..K+1), the
@@ -22,6 +24,7 @@ import jax
 import optax
 
 from instructjax.models import DecoderLM
+from instructjax.models.response_loglik import scoring_segments
 from instructjax.models.transformer import gather_at
 from instructjax.ops.reward_loss import pairwise_ranking_loss
 from instructjax.training.state import TrainState
@@ -43,9 +46,14 @@ def rm_scores(model: DecoderLM, params, batch) -> jax.Array:
     return gather_at(values, batch["last_index"])  # [B, K_max]
   b, k, t = batch["tokens"].shape
   flat = lambda x: x.reshape(b * k, t)
+  # Rows are prompt (segment 1) + response (segment 2): as they are for a model with the
+  # log-likelihood term, one segment each for a plain one (`scoring_segments`).
+  segment_ids, shared_prefix = scoring_segments(model.cfg.score_logprob,
+                                                flat(batch["segment_ids"]))
   # Always deterministic: dropout noise in the scores would leak into the ranking targets.
   values, _ = model.apply({"params": params}, flat(batch["tokens"]), flat(batch["positions"]),
-                          flat(batch["segment_ids"]), deterministic=True)  # [B * K, T]
+                          segment_ids, deterministic=True,
+                          shared_prefix=shared_prefix)  # [B * K, T]
   return gather_at(values, batch["last_index"].reshape(b * k)).reshape(b, k)
 
 
