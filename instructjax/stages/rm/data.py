@@ -69,6 +69,10 @@ def world_comparisons(config, workdir: str, sft: Sft
   distinct = bool(config.rm.get("distinct_responses", False))
   if distinct:  # Only when on, so caches written before the key stay valid.
     settings["distinct_responses"] = True
+  if world.group_conditioned:
+    # Held-out comparisons of a group-conditioned world carry the group tag since this key:
+    # a cache sampled before (bare held-out prompts) is refused, not reused.
+    settings["heldout_group_tags"] = True
   stats = {}
 
   def build(split: str) -> Callable[[], list[dict]]:
