@@ -30,7 +30,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.world = ml_collections.ConfigDict(dict(
-      seed=0, num_sft=3000, num_rm=1500, num_ppo=4000, num_heldout=300, num_pretrain=6000,
+      seed=0, num_sft=10000, num_rm=1500, num_ppo=4000, num_heldout=300, num_pretrain=6000,
       num_pretrain_heldout=300))
   c.pretrain = _stage("pretrain.py", v)
   c.sft = _stage("sft.py", v)
@@ -54,17 +54,32 @@ def get_config(arg=None):
     # stand-alone stage configs, which are tuned for each stage's own quality.
     c.pretrain.train.num_steps = 300
     c.pretrain.train.eval_every = c.pretrain.train.save_every = 150
-    c.sft.train.num_steps = 250
+    # SFT long enough that its policy no longer needs the courtesy prefix to get answers
+    # right (README "Results of the main job"): packed rows of 128 tokens, 750 steps over
+    # 10000 demonstrations, with 500 pretraining documents mixed in so that it keeps its
+    # web text (the ptx term then has little to pull back).
+    c.sft.data.pack = True
+    c.sft.data.seq_len = 128
+    c.sft.train.num_steps = 750
+    c.sft.train.eval_every = c.sft.train.save_every = 250
+    c.sft.data.pretrain_docs = 500
     for rm in (c.rm, c.rm_group):
       rm.train.num_steps = 200
       rm.train.eval_every = rm.train.save_every = 100
       rm.rm.norm_samples = 128
+      # The score adds the RM's own log-likelihood of the response (copied from SFT, weight
+      # learned): a last-token head alone did not learn to check answers. Labelers rank K
+      # distinct responses (a sharp SFT policy repeats itself).
+      rm.rm.score_logprob = 0.2
+      rm.rm.distinct_responses = True
+      rm.optim.lr = 3e-4
     # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
     c.rm_group.data.seq_len = 88
     for ppo in (c.ppo, c.ppo_ptx, c.ppo_group):
       ppo.train.num_steps = 40
-      ppo.train.eval_every = ppo.train.save_every = 20
-      ppo.ppo.eval_prompts = 128
+      ppo.train.save_every = 20
+      ppo.train.eval_every = 10  # Held-out curves with 5 points; 256 prompts each.
+      ppo.ppo.eval_prompts = 256
   # Each reward model's normalisation samples are drawn as the PPO stages that use it sample
   # (instructjax/recipe/run.py sets rm.norm_temperature / norm_max_new_tokens from them).
   c.skip_stages = ()  # e.g. ("rm_group", "ppo_group") to leave out the group-aware runs.
