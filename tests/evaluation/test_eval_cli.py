@@ -1,10 +1,10 @@
 """experiments/evaluate.py end to end on tiny model directories."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import experiment_scripts
 import pytest
 from absl import flags
 
@@ -50,12 +50,7 @@ def test_instructworld_cli_writes_results(model_dirs, tmp_path):
 @pytest.fixture
 def evaluate_module():
   """experiments/evaluate.py imported in-process (its flags registered once per session)."""
-  if "evaluate_cli" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("evaluate_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["evaluate_cli"] = module
-  yield sys.modules["evaluate_cli"]
+  yield experiment_scripts.load("evaluate")
   flags.FLAGS.unparse_flags()
 
 

@@ -1,10 +1,10 @@
 """experiments/export.py: a model directory out as an HF one, with no options to get right."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
+import experiment_scripts
 import pytest
 import transformers
 from hf_testlib import random_params
@@ -17,12 +17,7 @@ SCRIPT = os.path.join(REPO, "experiments", "export.py")
 
 
 def _script():
-  if "export_cli" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("export_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["export_cli"] = module
-  return sys.modules["export_cli"]
+  return experiment_scripts.load("export")
 
 
 def test_a_normalised_reward_model_exports_with_its_bias(hf_dirs, tmp_path):

@@ -1,10 +1,10 @@
 """experiments/generate.py end to end on a tiny exported model."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import experiment_scripts
 import pytest
 
 import instructjax
@@ -14,13 +14,7 @@ SCRIPT = os.path.join(REPO, "experiments", "generate.py")
 
 
 def _load_script():
-  """The script as a module, imported once (its absl flags can only be defined once)."""
-  if "generate_cli" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("generate_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["generate_cli"] = module
-  return sys.modules["generate_cli"]
+  return experiment_scripts.load("generate")
 
 
 @pytest.fixture(scope="module")
