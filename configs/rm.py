@@ -18,6 +18,7 @@ from instructjax import config as config_lib
 def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_samples: int = 256,
                 temperature: float = 1.0, max_new_tokens: int = 40,
                 sample_batch_size: int = 128, score_logprob: float = 0.0,
+                lm_coef: float = 0.0,
                 distinct_responses: bool = False) -> ml_collections.ConfigDict:
   """Sampling the SFT policy (policy comparisons, normalisation), the normalisation, and the
   reward model's form."""
@@ -33,6 +34,10 @@ def rm_settings(normalize: str = "bias", norm_prompts: str = "train", norm_sampl
       # RM's own LM head (the SFT model's, fine-tuned with it) gives the response
       # (ModelConfig.score_logprob); 0: the scalar head at the EOS only.
       score_logprob=score_logprob,
+      # With score_logprob: the loss adds lm_coef x the per-token NLL of the compared responses
+      # under that LM head, which keeps the term telling right answers from wrong ones (the
+      # ranking loss alone lowers the likelihood of both); 0: ranking loss only.
+      lm_coef=lm_coef,
       # Policy comparisons: redraw a prompt's samples (a few rounds) until its K responses
       # differ (labelers compare distinct responses where the policy gives them).
       distinct_responses=distinct_responses))

@@ -34,6 +34,7 @@ _REMAT_POLICIES = {
 
 HEADS = ("lm", "scalar")
 LOGPROB_WEIGHT = "score_logprob_weight"  # The scalar head's weight of the log-likelihood term.
+RESPONSE_LOGLIK = "response_loglik"  # The term's [B, T] log-likelihoods (sown).
 
 
 def positions_from_mask(mask: Array) -> Array:
@@ -191,6 +192,9 @@ class DecoderLM(nn.Module):
     b, t = tokens.shape
     chunk = positions_per_chunk(b, t, cfg.resolved_logits_chunk_tokens)
     loglik = response_loglik(xf, head, tokens, segment_ids, chunk)  # [B, T]
+    # Kept for the reward model's auxiliary LM loss (stages/rm/step.py), read with
+    # `mutable=["intermediates"]`; a no-op otherwise.
+    self.sow("intermediates", RESPONSE_LOGLIK, loglik)
     return weight.astype(jnp.float32)[0] * loglik
 
 

@@ -302,7 +302,16 @@ def test_bad_configs_fail_before_compiling_naming_the_key(sft_dir, tmp_path):
   c.rm.score_logprob = -0.5
   with pytest.raises(ConfigError, match=r"^config\.rm\.score_logprob: must be >= 0"):
     rm_driver.run(c, str(tmp_path / "d"))
-  for name in "abcd":
+  c = small_config(sft_dir, 2, source="static")
+  c.rm.lm_coef = -1.0
+  with pytest.raises(ConfigError, match=r"^config\.rm\.lm_coef: must be >= 0"):
+    rm_driver.run(c, str(tmp_path / "e"))
+  c = small_config(sft_dir, 2, source="static")
+  c.rm.lm_coef, c.rm.score_logprob = 1.0, 0.0
+  with pytest.raises(ConfigError, match=r"^config\.rm\.lm_coef=1\.0 .*needs config\.rm\."
+                                        r"score_logprob > 0"):
+    rm_driver.run(c, str(tmp_path / "f"))
+  for name in "abcdef":
     assert nothing_written(str(tmp_path / name))
 
 

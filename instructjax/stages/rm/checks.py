@@ -48,6 +48,11 @@ def check(config) -> tuple[object, ModelConfig]:
   if rm.get("score_logprob", 0.0) < 0:
     raise ConfigError(f"config.rm.score_logprob: must be >= 0 (0 = the scalar head alone), got "
                       f"{rm.score_logprob}")
+  if rm.get("lm_coef", 0.0) < 0:
+    raise ConfigError(f"config.rm.lm_coef: must be >= 0 (0 = no LM loss), got {rm.lm_coef}")
+  if rm.get("lm_coef", 0.0) and not rm.get("score_logprob", 0.0):
+    raise ConfigError(f"config.rm.lm_coef={rm.lm_coef} trains the LM of the score's "
+                      "log-likelihood term: it needs config.rm.score_logprob > 0")
   if rm.sample_batch_size % dp:
     raise ConfigError(f"config.rm.sample_batch_size={rm.sample_batch_size} is not divisible by "
                       f"the data-parallel size {dp}")

@@ -75,7 +75,9 @@ def _train(config, workdir: str, model_cfg: ModelConfig) -> dict[str, Any]:
 
   # --- Update step (state donated) and evaluation (outputs replicated: every host reads the
   # whole batch's scores and none gathers).
-  step_fn = jit_step(make_rm_train_step(model, tx, schedule), ctx, shardings,
+  step_fn = jit_step(make_rm_train_step(model, tx, schedule,
+                                        lm_coef=float(config.rm.get("lm_coef", 0.0))),
+                     ctx, shardings,
                      data.batch_spec(config, rm_data.k_max))
   evaluate_step = jax.jit(make_rm_eval_step(model),
                           out_shardings=ctx.replicated() if ctx is not None else None)
