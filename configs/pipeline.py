@@ -71,6 +71,10 @@ def get_config(arg=None):
       # learned): a last-token head alone did not learn to check answers. Labelers rank K
       # distinct responses (a sharp SFT policy repeats itself).
       rm.rm.score_logprob = 0.2
+      # The ranking loss alone lowers the likelihood the term gives right answers along with
+      # wrong ones (it stopped telling a wrong sort from a right one): an LM loss on the
+      # compared responses keeps it a judge of correctness.
+      rm.rm.lm_coef = 1.0
       rm.rm.distinct_responses = True
       rm.optim.lr = 3e-4
     # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
