@@ -87,6 +87,10 @@ def get_config(arg=None):
   # Each reward model's normalisation samples are drawn as the PPO stages that use it sample
   # (instructjax/recipe/run.py sets rm.norm_temperature / norm_max_new_tokens from them).
   c.skip_stages = ()  # e.g. ("rm_group", "ppo_group") to leave out the group-aware runs.
+  # JAX's persistent compilation cache in <workdir>/compile_cache: what several stages or the
+  # evaluation's models compile alike is compiled once, and a rerun compiles nothing again
+  # (same executables, bitwise the same results; README "Results of the main job", Time).
+  c.compile_cache = True
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=200, max_new_tokens=32, temperature=0.0, few_shot_k=2, batch_size=64,
       output_dir="eval"))

@@ -22,7 +22,7 @@ from instructjax import config as config_lib
 from instructjax.config import ConfigError
 from instructjax.stages import runner
 from instructjax.stages.registry import run_stage
-from instructjax.training import interrupts, workdir as workdir_lib
+from instructjax.training import compile_cache, interrupts, workdir as workdir_lib
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ STAGES = (
     Stage("rm_group", {"init_from": "sft"}),
     Stage("ppo_group", {"init_from": "sft", "reward_model": "rm_group"}),
 )
+
+
+COMPILE_CACHE_DIR = "compile_cache"  # In the workdir (config.compile_cache).
 
 
 def model_path(workdir: str, stage: str) -> str:
@@ -112,6 +115,8 @@ def run_pipeline(config, workdir: str,
     config_lib.validate_common(config[stage.name], jax.device_count())
   check_normalization_sampling(config, stages)
   with workdir_lib.claimed(workdir) as workdir, interrupts.handled():
+    if config.get("compile_cache", False):
+      compile_cache.enable(os.path.join(workdir, COMPILE_CACHE_DIR))
     return _run(config, workdir, stages, evaluate)
 
 

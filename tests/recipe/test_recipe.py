@@ -35,6 +35,9 @@ def mini_config():
                        max_new_tokens=12, eval_prompts=8)
     c[name].value_optim.warmup_steps = 1
   c.eval.update(num_prompts=8, max_new_tokens=12, batch_size=8)
+  # JAX picks a persistent cache once per process: the tests' process keeps none
+  # (test_the_compile_cache_goes_in_the_workdir checks the pipeline asks for it).
+  c.compile_cache = False
   return c
 
 
@@ -99,3 +102,16 @@ def test_notebook_runs_against_the_pipeline(run):
   finally:
     del os.environ["INSTRUCTJAX_RUN"]
   assert os.path.exists(os.path.join(workdir, "eval", "notebook_curves.png"))
+
+
+def test_the_compile_cache_goes_in_the_workdir(tmp_path, monkeypatch):
+  from instructjax.recipe import run as run_lib
+  asked = []
+  monkeypatch.setattr(run_lib.compile_cache, "enable", asked.append)
+  c = mini_config()
+  c.skip_stages = tuple(s.name for s in STAGES)
+  run_pipeline(c, str(tmp_path / "off"), evaluate=None)
+  assert asked == []
+  c.compile_cache = True
+  run_pipeline(c, str(tmp_path / "on"), evaluate=None)
+  assert asked == [os.path.join(str(tmp_path / "on"), run_lib.COMPILE_CACHE_DIR)]
