@@ -43,7 +43,12 @@ _PPO_WORKDIRS = flags.DEFINE_string("ppo_workdirs", None,
                                     "name=WORKDIR,... PPO workdirs whose metrics.jsonl to plot")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "where the results go")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 200, "held-out prompts evaluated "
-                                    "(the first ones of the held-out split)")
+                                    "(the held-out split's, from --first_prompt on)")
+_FIRST_PROMPT = flags.DEFINE_integer(
+    "first_prompt", 0, "index of the first held-out prompt evaluated: with --world_num_heldout "
+    "above the pipeline's 300, --first_prompt=300 gives prompts drawn after the pipeline's "
+    "(development prompts; held-out prompts are drawn with replacement, so short prompts of "
+    "small families, repeat above all, recur)")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 48, "generation limit per response")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "sampling temperature (0 = greedy)")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "top-k filter (0 = off)")
@@ -109,9 +114,18 @@ def run_truthfulqa(model_dirs: dict[str, str], out_dir: str) -> dict:
   return results
 
 
+def prompt_slice(world: WorldConfig, first: int, num: int) -> list[str]:
+  """Held-out prompts first .. first + num - 1 (the world's held-out list is drawn in order, so
+  a larger num_heldout keeps the first ones and adds new ones after them)."""
+  if first < 0 or num < 1 or first + num > world.num_heldout:
+    raise app.UsageError(f"--first_prompt={first} --num_prompts={num}: the world has "
+                         f"{world.num_heldout} held-out prompts (--world_num_heldout)")
+  return heldout_prompts(world)[first:first + num]
+
+
 def run_instructworld(model_dirs: dict[str, str], out_dir: str) -> dict:
   world = world_config()
-  prompts = heldout_prompts(world)[:_NUM_PROMPTS.value]
+  prompts = prompt_slice(world, _FIRST_PROMPT.value, _NUM_PROMPTS.value)
   loaded = {name: load(d, expect_head="lm") for name, d in model_dirs.items()}
   specs = []
   for name, lm in loaded.items():
@@ -145,7 +159,8 @@ def run_instructworld(model_dirs: dict[str, str], out_dir: str) -> dict:
   results = evaluate_models(specs, prompts, reference=reference, reward_model=reward_model,
                             heldout_documents=docs, settings=settings,
                             groups=GROUPS if _GROUP_CONDITIONED.value else ())
-  results["settings"].update({"world": dataclasses.asdict(world), "models": model_dirs})
+  results["settings"].update({"world": dataclasses.asdict(world), "models": model_dirs,
+                              "first_prompt": _FIRST_PROMPT.value})
   paths = write_results(results, out_dir, curves=parse_named(_PPO_WORKDIRS.value,
                                                              "ppo_workdirs") or None)
   print(results_table(results["rows"]))

@@ -6,7 +6,7 @@ import sys
 
 import experiment_scripts
 import pytest
-from absl import flags
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "experiments", "evaluate.py")
@@ -75,3 +75,16 @@ def test_bad_model_list_is_a_usage_error(evaluate_module):
   from absl import app  # pylint: disable=g-import-not-at-top
   with pytest.raises(app.UsageError, match="name=PATH"):
     evaluate_module.parse_named("base", "models")
+
+
+def test_a_slice_of_the_held_out_prompts_for_development(evaluate_module):
+  """--first_prompt: a larger held-out list keeps the first prompts and draws new ones after
+  them (held-out, so in no training split)."""
+  from instructjax.world.splits import WorldConfig, heldout_prompts
+  small, large = WorldConfig(num_heldout=30), WorldConfig(num_heldout=90)
+  dev = evaluate_module.prompt_slice(large, 30, 60)
+  assert evaluate_module.prompt_slice(large, 0, 30) == heldout_prompts(small)
+  assert dev == heldout_prompts(large)[30:] and len(dev) == 60
+  with pytest.raises(app.UsageError, match=r"^--first_prompt=30 --num_prompts=61: the world "
+                                           r"has 90 held-out prompts"):
+    evaluate_module.prompt_slice(large, 30, 61)
