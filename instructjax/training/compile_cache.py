@@ -17,7 +17,7 @@ import jax
 MIN_COMPILE_TIME_S = 0.2
 
 
-def enable(directory: str) -> str:
+def enable(directory: str, min_compile_time_s: float = MIN_COMPILE_TIME_S) -> str:
   """Points this process's persistent compilation cache at `directory` (created); returns it.
 
   Must run before the process compiles anything: JAX decides once, at its first compilation,
@@ -26,5 +26,5 @@ def enable(directory: str) -> str:
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
   return directory
