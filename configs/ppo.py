@@ -37,6 +37,10 @@ def ppo_settings(**kw) -> ml_collections.ConfigDict:
       micro_batch_size=0,  # Rows per forward/backward pass (gradient accumulation); 0: minibatch.
       vf_coef=1.0, entropy_coef=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
       kl_estimator="k1", kl=kl_config(0.05, True, 6.0, 10000.0),
+      # Exact KL(policy || SFT) over the vocabulary at each sampled position, in the policy
+      # loss on top of the reward's sampled-token penalty (0 = off): it holds every token's
+      # probability, the greedy choice among them, near SFT's where the reward says nothing.
+      kl_loss_coef=0.0,
       ptx_coef=1.0,  # InstructGPT's gamma; 0 = plain PPO.
       ptx_batch_size=32,  # Pretraining rows per iteration, split over the minibatches.
       no_eos_penalty=0.0,  # Subtracted from the score of responses without EOS (0 = off).

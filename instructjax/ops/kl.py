@@ -1,4 +1,5 @@
-"""Per-token KL estimators against the reference (SFT) policy, and KL-coefficient controllers.
+"""Per-token KL estimators against the reference (SFT) policy, the exact per-position KL over
+the vocabulary, and KL-coefficient controllers.
 
 Tokens are sampled from the policy, so with log_ratio = logp - ref_logp the
 estimators of KL(policy || ref) on one sample are (Schulman, "Approximating KL
@@ -15,6 +16,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from instructjax.ops.head_chunks import head_logits, map_head
+from instructjax.ops.logprobs import scaled_logits
+
 Array = jax.Array
 
 # |log_ratio| bound. exp(20) ~ 4.9e8 keeps k3 and its gradient finite in float32 (and
@@ -23,6 +27,45 @@ Array = jax.Array
 MAX_LOG_RATIO = 20.0
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def exact_kl_from_logits(logits: Array, ref_logits: Array, temperature: float = 1.0) -> Array:
+  """Exact per-position KL(softmax(logits / T) || softmax(ref_logits / T)) over the vocabulary.
+
+  Unlike the estimators above, which see one sampled token, it compares the whole next-token
+  distributions at each visited position: its gradient pulls every token's probability
+  (the argmax among them) towards the reference's, not only the sampled one's.
+
+  Args:
+    logits, ref_logits: [B, T, V] (any float dtype; computed in float32).
+    temperature: the sampling temperature (the distributions PPO samples from).
+
+  Returns:
+    [B, T] float32 KL in nats, >= 0 up to rounding.
+  """
+  logp = jax.nn.log_softmax(scaled_logits(logits, temperature), axis=-1)  # [B, T, V]
+  ref_logp = jax.nn.log_softmax(scaled_logits(ref_logits, temperature), axis=-1)
+  return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=-1)
+
+
+def exact_kl_from_hidden(hidden: Array, head: Array, ref_hidden: Array, ref_head: Array,
+                         temperature: float = 1.0, chunk: int = 0) -> Array:
+  """`exact_kl_from_logits` of hidden @ head against ref_hidden @ ref_head, `chunk` positions
+  at a time (`head_chunks.map_head`): no [B, T, V] array of either model.
+
+  Args:
+    hidden, ref_hidden: [B, T, d] final-norm hidden states of the policy and the reference.
+    head, ref_head: [d, V] their LM heads (`models.lm_head_weight`).
+    temperature: as in `exact_kl_from_logits`.
+    chunk: positions per chunk; 0 computes everything at once.
+
+  Returns:
+    [B, T] float32 KL per position.
+  """
+  def block(logits, ref_h):
+    return exact_kl_from_logits(logits, head_logits(ref_h, ref_head), temperature)
+
+  return map_head(block, hidden, head, (ref_hidden,), chunk)
 
 
 def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k1",

@@ -73,6 +73,45 @@ def test_unknown_estimator_raises():
     kl.kl_estimate(jnp.zeros(2), jnp.zeros(2), estimator="k4")
 
 
+def _np_exact_kl(logits, ref_logits, temperature):
+  """sum_v p_v (log p_v - log q_v) per position, one position at a time in float64."""
+  out = np.zeros(logits.shape[:-1])
+  for idx in np.ndindex(out.shape):
+    a = logits[idx].astype(np.float64) / temperature
+    b = ref_logits[idx].astype(np.float64) / temperature
+    logp = a - a.max() - np.log(np.exp(a - a.max()).sum())
+    logq = b - b.max() - np.log(np.exp(b - b.max()).sum())
+    out[idx] = float((np.exp(logp) * (logp - logq)).sum())
+  return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_exact_kl_matches_numpy_and_is_chunk_free(temperature):
+  rng = np.random.default_rng(3)
+  hidden, ref_hidden = rng.normal(size=(2, 2, 7, 8)).astype(np.float32)
+  head, ref_head = rng.normal(size=(2, 8, 11)).astype(np.float32)
+  want = _np_exact_kl(hidden @ head, ref_hidden @ ref_head, temperature)
+  got = kl.exact_kl_from_logits(jnp.asarray(hidden @ head), jnp.asarray(ref_hidden @ ref_head),
+                                temperature)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert (want > 0.01).all()  # Different distributions everywhere: the check has teeth.
+  for chunk in (0, 3, 7):  # 3 leaves a ragged last chunk.
+    np.testing.assert_allclose(kl.exact_kl_from_hidden(hidden, head, ref_hidden, ref_head,
+                                                       temperature, chunk), want,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_exact_kl_is_zero_and_flat_where_the_models_agree():
+  """Policy == reference (PPO's first minibatch): exactly 0, and a zero gradient, so the
+  term changes nothing until the policy has moved."""
+  rng = np.random.default_rng(4)
+  hidden = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  head = jnp.asarray(rng.normal(size=(8, 11)), jnp.float32)
+  assert (kl.exact_kl_from_hidden(hidden, head, hidden, head, 0.7) == 0.0).all()
+  grad = jax.grad(lambda h: kl.exact_kl_from_hidden(h, head, hidden, head, 0.7).sum())(hidden)
+  np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+
+
 def _np_controller(beta, target, horizon, kls, n_steps):
   out = []
   for current in kls:

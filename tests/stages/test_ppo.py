@@ -366,19 +366,66 @@ def test_ptx_loss_is_logged_only_with_ptx(rollout0):
     assert ("ptx_loss" in metrics) == (coef > 0)  # No ptx: no loss of 0 in the curves.
 
 
+def test_exact_kl_term_adds_its_gradient_and_is_zero_on_policy(rollout0):
+  """kl_loss_coef=c: the gradient is PPO's plus c times that of the mean exact KL to the
+  reference, computed here from the two models' full logits; with the policy equal to the
+  reference the term is exactly 0 and moves nothing."""
+  mb = {"tokens": rollout0.tokens[:M], "positions": rollout0.positions[:M],
+        "segment_ids": rollout0.segment_ids[:M], "response_tokens": rollout0.response_tokens[:M],
+        "response_mask": rollout0.response_mask[:M], "old_logprobs": rollout0.logprobs[:M],
+        "advantages": jnp.linspace(-1.0, 1.0, M * N).reshape(M, N), "prompt_len": P}
+  ref = draw_params(POLICY, 0)
+  params = draw_params(POLICY, 5)  # A policy that has moved away from the reference.
+  temperature = 0.7
+
+  def direct_kl(p):  # Mean over valid response tokens of KL(policy || ref), full logits.
+    def dist(w):
+      logits, _ = POLICY.apply({"params": w}, mb["tokens"], mb["positions"],
+                               mb["segment_ids"], deterministic=True)
+      return jax.nn.log_softmax(logits[:, P - 1:-1].astype(jnp.float32) / temperature)
+    logp, logq = dist(p), dist(jax.lax.stop_gradient(ref))
+    per_token = (jnp.exp(logp) * (logp - logq)).sum(-1)  # [M, N]
+    return jnp.where(mb["response_mask"], per_token, 0.0).sum() / mb["response_mask"].sum()
+
+  @jax.jit
+  def run(params, ref):
+    def objective(coef):
+      cfg = ppo.PPOConfig(rollout_batch_size=B, minibatch_size=M, kl_loss_coef=coef)
+      return lambda p: ppo.policy_objective(MODELS, cfg, temperature, p, mb, None,
+                                            ref_params=ref)
+    g0 = jax.grad(lambda p: objective(0.0)(p)[0])(params)
+    (_, metrics), g1 = jax.value_and_grad(objective(0.3), has_aux=True)(params)
+    kl_value, g_kl = jax.value_and_grad(direct_kl)(params)
+    on_policy = objective(0.3)(ref)[1]["kl_exact"]
+    g_on = jax.grad(lambda p: objective(0.3)(p)[0])(ref)
+    g_on_base = jax.grad(lambda p: objective(0.0)(p)[0])(ref)
+    return g0, g1, g_kl, metrics["kl_exact"], kl_value, on_policy, g_on, g_on_base
+
+  g0, g1, g_kl, kl_exact, kl_value, on_policy, g_on, g_on_base = host(run(params, ref))
+  np.testing.assert_allclose(kl_exact, kl_value, rtol=1e-4)
+  assert kl_value > 0.05  # The policies differ: the comparison has teeth.
+  for a, b, c in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), jax.tree.leaves(g_kl)):
+    np.testing.assert_allclose(b, a + 0.3 * c, rtol=1e-3, atol=1e-6)
+  assert on_policy == 0.0
+  for a, b in zip(jax.tree.leaves(g_on_base), jax.tree.leaves(g_on)):
+    np.testing.assert_allclose(b, a, atol=1e-6)
+
+
 def test_micro_batches_give_the_minibatch_update(rollout0):
   """micro_batch_size=2: each minibatch of 4 in two passes (its ptx rows split alike), one
   optimizer step: the parameters and metrics of one pass per minibatch, although the rows
-  hold different numbers of valid tokens (means are over the minibatch's tokens)."""
+  hold different numbers of valid tokens (means are over the minibatch's tokens). With the
+  exact KL term too, which reads the reference per micro-batch."""
   lengths = np.asarray(rollout0.response_mask).sum(-1)
   assert lengths.min() < lengths.max()
-  micro = dataclasses.replace(CFG, micro_batch_size=2)
+  whole = dataclasses.replace(CFG, kl_loss_coef=0.3)
+  micro = dataclasses.replace(whole, micro_batch_size=2)
   assert micro.num_micro_batches == 2
 
   @jax.jit
   def both(ro, ptx):
     out = []
-    for cfg in (CFG, micro):
+    for cfg in (whole, micro):
       state = fresh_state(cfg)
       adv = ppo.rewards_and_advantages(cfg, ro, state.kl.beta)
       state, mb = ppo.ppo_update(MODELS, cfg, optax.adam(LR), optax.adam(LR), 1.0, state, ro,
@@ -389,7 +436,8 @@ def test_micro_batches_give_the_minibatch_update(rollout0):
   (p1, v1, m1), (p2, v2, m2) = host(both(rollout0, ptx_batch(0)))
   for a, b in zip(jax.tree.leaves((p1, v1)), jax.tree.leaves((p2, v2))):
     np.testing.assert_allclose(a, b, atol=1e-4)  # Adam steps are ~LR = 1e-3 per weight.
-  assert set(m1) == set(m2) and "ptx_loss" in m1
+  assert set(m1) == set(m2) and "ptx_loss" in m1 and "kl_exact" in m1
+  assert m1["kl_exact"][0, 0] == 0.0 and m1["kl_exact"][1].min() > 0  # Once the policy moved.
   for k in m1:
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
@@ -508,6 +556,7 @@ def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
     ("ppo.micro_batch_size", 3, r"config\.ppo\.micro_batch_size"),
     ("ppo.temperature", 0.0, r"config\.ppo\.temperature"),
     ("ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator"),
+    ("ppo.kl_loss_coef", -0.1, r"config\.ppo\.kl_loss_coef: must be >= 0"),
     ("ppo.ptx_batch_size", 12, r"config\.ppo\.ptx_batch_size"),
     ("ppo.max_new_tokens", 60, r"config\.data\.prompt_len \+ config\.ppo\.max_new_tokens"),
     ("value_init", "random", r"config\.value_init"),

@@ -34,6 +34,7 @@ def ppo_config(config) -> PPOConfig:
         vf_coef=float(p.vf_coef), entropy_coef=float(p.entropy_coef), gamma=float(p.gamma),
         lam=float(p.lam), whiten_rewards=bool(p.whiten_rewards),
         kl_estimator=str(p.kl_estimator), ptx_coef=float(p.ptx_coef),
+        kl_loss_coef=float(p.kl_loss_coef),
         no_eos_penalty=float(p.no_eos_penalty), ema_decay=float(p.ema_decay)).validate()
   except ValueError as e:
     raise ConfigError(str(e)) from e

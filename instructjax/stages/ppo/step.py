@@ -13,8 +13,9 @@ An iteration is
   2. rewards: -beta * KL per token plus the (optionally no-EOS-penalised) score on the last
      response token; advantages by GAE over response tokens, whitened over the valid ones;
   3. update: epochs x minibatches as nested lax.scans; per minibatch one clipped-surrogate step
-     of the policy (+ entropy bonus, + ptx_coef * LM loss on a pretraining minibatch, one
-     gradient) and one clipped value-loss step of the value model with its own optimizer;
+     of the policy (+ entropy bonus, + ptx_coef * LM loss on a pretraining minibatch,
+     + kl_loss_coef * the exact KL to the reference's next-token distributions at the
+     minibatch's positions; one gradient) and one clipped value-loss step of the value model with its own optimizer;
   4. the KL controller sees the rollout's KL; the optional policy EMA follows the new weights.
 
 Top-k / top-p only shape what the sampler draws; the policy PPO optimises (and the KL is
@@ -48,6 +49,7 @@ from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_reward
                              explained_variance, gae, masked_count, masked_mean, policy_loss,
                              update_kl_controller, value_loss, whiten_rewards)
 from instructjax.ops.head_chunks import positions_per_chunk
+from instructjax.ops.kl import exact_kl_from_hidden
 from instructjax.ops.logprobs import logprobs_from_hidden
 from instructjax.parallel import xla_options
 from instructjax.parallel.sharding import ShardingContext
@@ -79,6 +81,9 @@ class PPOConfig:
     whiten_rewards: scale-normalise per-token rewards over the batch before GAE.
     kl_estimator: "k1" (log-ratio, Ziegler/InstructGPT), "k2" or "k3" (see ops.kl).
     ptx_coef: coefficient of the pretraining LM loss (InstructGPT's gamma); 0: plain PPO.
+    kl_loss_coef: coefficient of the exact per-token KL(policy || reference) over the
+      vocabulary at the rollout's positions, added to the policy loss (on top of the KL
+      penalty in the reward); 0: off.
     no_eos_penalty: subtracted from the score of responses without EOS; 0: off.
     ema_decay: decay of the policy EMA kept in the state; 0: no EMA.
   """
@@ -95,6 +100,7 @@ class PPOConfig:
   whiten_rewards: bool = False
   kl_estimator: str = "k1"
   ptx_coef: float = 0.0
+  kl_loss_coef: float = 0.0
   no_eos_penalty: float = 0.0
   ema_decay: float = 0.0
 
@@ -130,7 +136,8 @@ class PPOConfig:
            f"{self.minibatch_size}, got {self.micro_batch_size}")
     if self.clip_eps <= 0:
       fail("clip_eps", f"must be > 0, got {self.clip_eps}")
-    for key in ("value_clip_eps", "vf_coef", "entropy_coef", "ptx_coef", "no_eos_penalty"):
+    for key in ("value_clip_eps", "vf_coef", "entropy_coef", "ptx_coef", "kl_loss_coef",
+                "no_eos_penalty"):
       if getattr(self, key) < 0:
         fail(key, f"must be >= 0, got {getattr(self, key)}")
     if not 0 < self.gamma <= 1:
@@ -213,17 +220,24 @@ def response_hidden(model: DecoderLM, params, tokens: Array, positions: Array,
   return jax.lax.slice_in_dim(hidden, prompt_len - 1, prompt_len - 1 + n, axis=1)
 
 
+def head_chunk(model: DecoderLM, hidden: Array) -> int:
+  """Positions per chunk of the LM head over hidden [B, N, d] (`model.cfg.logits_chunk_tokens`)."""
+  b, n = hidden.shape[:2]
+  return positions_per_chunk(b, n, model.cfg.resolved_logits_chunk_tokens)
+
+
 def response_logprobs(model: DecoderLM, params, tokens: Array, positions: Array,
                       segment_ids: Array, prompt_len: int, temperature: float,
-                      with_entropy: bool = False):
+                      with_entropy: bool = False, hidden: Optional[Array] = None):
   """Log-probs [B, N] of the response tokens under softmax(logits / temperature) (and the
   entropies [B, N] with `with_entropy`), from the hidden states `model.cfg.logits_chunk_tokens`
-  tokens at a time: no [B, N, vocab] array."""
-  hidden = response_hidden(model, params, tokens, positions, segment_ids, prompt_len)
-  b, n = hidden.shape[:2]
-  chunk = positions_per_chunk(b, n, model.cfg.resolved_logits_chunk_tokens)
+  tokens at a time: no [B, N, vocab] array. `hidden`: the `response_hidden` of these
+  arguments when the caller has them already."""
+  if hidden is None:
+    hidden = response_hidden(model, params, tokens, positions, segment_ids, prompt_len)
   return logprobs_from_hidden(hidden, lm_head_weight(model.cfg, params), tokens[:, prompt_len:],
-                              temperature, chunk=chunk, with_entropy=with_entropy)
+                              temperature, chunk=head_chunk(model, hidden),
+                              with_entropy=with_entropy)
 
 
 def response_values(model: DecoderLM, params, tokens: Array, positions: Array,
@@ -386,8 +400,10 @@ def rewards_and_advantages(cfg: PPOConfig, ro: Rollout, beta: Array) -> Advantag
 
 
 def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, params, mb: dict,
-                     ptx_mb: Optional[dict], counts: Optional[dict] = None):
-  """(loss, metrics) of one minibatch: clipped surrogate - entropy bonus + ptx_coef * LM loss.
+                     ptx_mb: Optional[dict], counts: Optional[dict] = None,
+                     ref_params=None):
+  """(loss, metrics) of one minibatch: clipped surrogate - entropy bonus + ptx_coef * LM loss
+  + kl_loss_coef * exact KL to the reference (`ref_params`, read only with kl_loss_coef > 0).
 
   One objective, so one backward pass gives the InstructGPT PPO-ptx gradient (PPO's plus
   ptx_coef times the pretraining loss's). With ptx_coef == 0 the ptx batch is not read.
@@ -401,9 +417,10 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
       losses and metrics (ratio_max aside) add up to the minibatch's. None: mb's own.
   """
   counts = counts or {}
-  logp, entropies = response_logprobs(models.policy, params, mb["tokens"], mb["positions"],
-                                      mb["segment_ids"], mb["prompt_len"], temperature,
-                                      with_entropy=True)  # [M, N] each
+  seq = (mb["tokens"], mb["positions"], mb["segment_ids"], mb["prompt_len"])
+  hidden = response_hidden(models.policy, params, *seq)  # [M, N, d]
+  logp, entropies = response_logprobs(models.policy, params, *seq, temperature,
+                                      with_entropy=True, hidden=hidden)  # [M, N] each
   mask = mb["response_mask"]
   pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps,
                             count=counts.get("tokens"))
@@ -413,6 +430,17 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
   if cfg.entropy_coef:
     loss = loss - cfg.entropy_coef * entropy
   metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy), **pm}
+  if cfg.kl_loss_coef:
+    # The reference's whole next-token distributions at the sampled positions.
+    ref_params = jax.lax.stop_gradient(ref_params)
+    kl_tok = exact_kl_from_hidden(
+        hidden, lm_head_weight(models.policy.cfg, params),
+        response_hidden(models.policy, ref_params, *seq),
+        lm_head_weight(models.policy.cfg, ref_params), temperature,
+        chunk=head_chunk(models.policy, hidden))  # [M, N]
+    kl = masked_mean(kl_tok, mask, count=counts.get("tokens"))
+    loss = loss + cfg.kl_loss_coef * kl
+    metrics["kl_exact"] = jax.lax.stop_gradient(kl)
   if cfg.use_ptx:  # Without ptx there is no ptx loss to log (not a loss of 0).
     ptx, ptx_tokens = lm_loss(models.policy, params, ptx_mb)
     if "ptx_tokens" in counts:  # The micro-batch's mean, re-weighted to the minibatch's.
@@ -480,7 +508,7 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
     with_len = lambda m: {**m, "prompt_len": ro.prompt_len}
     grad_policy = jax.value_and_grad(
         lambda p, b: policy_objective(models, cfg, temperature, p, with_len(b[0]), b[1],
-                                      counts), has_aux=True)
+                                      counts, state.ref_params), has_aux=True)
     grad_value = jax.value_and_grad(
         lambda p, b: value_objective(models, cfg, p, with_len(b), counts), has_aux=True)
     (loss, pmet), pgrads = accumulate_gradients(grad_policy, pp, (mb, ptx_mb), n_micro,
