@@ -20,6 +20,7 @@ from instructjax.model_io import load_model, save_model
 from instructjax.config import ConfigError
 from instructjax.models import DecoderLM, get_preset, positions_from_mask
 from instructjax.ops import MAX_LOG_RATIO, adaptive_kl_controller
+from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
 from instructjax.stages import ppo
 from instructjax.stages.ppo import run as ppo_driver
 from instructjax.stages.lm import lm_loss
@@ -447,7 +448,6 @@ def test_sharded_iteration_equals_single_device():
   reference), on a (data 2, fsdp 2, tensor 2) mesh by the fsdp_tp rules, equals the
   single-device one. Greedy rollouts (the same tokens either way) and SGD (Adam's first step
   would turn float-summation differences of near-zero gradients into +-lr)."""
-  from instructjax.parallel.sharding import ShardingContext, get_rules, make_mesh
   cfg = dataclasses.replace(CFG, kl_loss_coef=0.3, ema_decay=0.0)
   ctx = ShardingContext(make_mesh(2, 2, 2), get_rules("fsdp_tp"))
   out = []
