@@ -15,7 +15,8 @@ An iteration is
   3. update: epochs x minibatches as nested lax.scans; per minibatch one clipped-surrogate step
      of the policy (+ entropy bonus, + ptx_coef * LM loss on a pretraining minibatch,
      + kl_loss_coef * the exact KL to the reference's next-token distributions at the
-     minibatch's positions; one gradient) and one clipped value-loss step of the value model with its own optimizer;
+     minibatch's positions; one gradient) and one clipped value-loss step of the value model
+     with its own optimizer;
   4. the KL controller sees the rollout's KL; the optional policy EMA follows the new weights.
 
 Top-k / top-p only shape what the sampler draws; the policy PPO optimises (and the KL is
