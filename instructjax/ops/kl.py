@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.ops.head_chunks import head_logits, map_head
-from instructjax.ops.logprobs import scaled_logits
+from instructjax.ops.logprobs import entropy_from_logits, scaled_logits, token_logprobs
 
 Array = jax.Array
 
@@ -49,7 +49,8 @@ def exact_kl_from_logits(logits: Array, ref_logits: Array, temperature: float = 
 
 
 def exact_kl_from_hidden(hidden: Array, head: Array, ref_hidden: Array, ref_head: Array,
-                         temperature: float = 1.0, chunk: int = 0) -> Array:
+                         temperature: float = 1.0, chunk: int = 0,
+                         targets: Optional[Array] = None):
   """`exact_kl_from_logits` of hidden @ head against ref_hidden @ ref_head, `chunk` positions
   at a time (`head_chunks.map_head`): no [B, T, V] array of either model.
 
@@ -58,14 +59,21 @@ def exact_kl_from_hidden(hidden: Array, head: Array, ref_hidden: Array, ref_head
     head, ref_head: [d, V] their LM heads (`models.lm_head_weight`).
     temperature: as in `exact_kl_from_logits`.
     chunk: positions per chunk; 0 computes everything at once.
+    targets: optional [B, T] int ids: also the policy's log-probs of them and its entropies,
+      from the same logits (one pass of the head for a loss that needs all three).
 
   Returns:
-    [B, T] float32 KL per position.
+    [B, T] float32 KL per position; with `targets`, (log-probs, entropies, KL), each [B, T].
   """
-  def block(logits, ref_h):
-    return exact_kl_from_logits(logits, head_logits(ref_h, ref_head), temperature)
+  def block(logits, ref_h, *tgt):
+    kl = exact_kl_from_logits(logits, head_logits(ref_h, ref_head), temperature)
+    if not tgt:
+      return kl
+    return (token_logprobs(logits, tgt[0], temperature),
+            entropy_from_logits(logits, temperature), kl)
 
-  return map_head(block, hidden, head, (ref_hidden,), chunk)
+  extra = () if targets is None else (targets.astype(jnp.int32),)
+  return map_head(block, hidden, head, (ref_hidden, *extra), chunk)
 
 
 def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k1",

@@ -72,7 +72,6 @@ def test_truthfulqa_mode(model_dirs, tmp_path, evaluate_module):
 
 
 def test_bad_model_list_is_a_usage_error(evaluate_module):
-  from absl import app  # pylint: disable=g-import-not-at-top
   with pytest.raises(app.UsageError, match="name=PATH"):
     evaluate_module.parse_named("base", "models")
 

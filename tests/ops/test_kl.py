@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from instructjax.ops import kl
+from instructjax.ops.logprobs import logprobs_from_hidden
 
 _kl = jax.jit(kl.kl_estimate, static_argnames=("estimator", "max_log_ratio"))
 
@@ -99,6 +100,25 @@ def test_exact_kl_matches_numpy_and_is_chunk_free(temperature):
     np.testing.assert_allclose(kl.exact_kl_from_hidden(hidden, head, ref_hidden, ref_head,
                                                        temperature, chunk), want,
                                rtol=1e-4, atol=1e-6)
+
+
+def test_exact_kl_with_targets_gives_the_policys_logprobs_and_entropies_too():
+  """One pass of the head for PPO's loss: the same log-probs and entropies as
+  `logprobs_from_hidden`, the same KL as without targets."""
+  rng = np.random.default_rng(5)
+  hidden, ref_hidden = rng.normal(size=(2, 2, 7, 8)).astype(np.float32)
+  head, ref_head = rng.normal(size=(2, 8, 11)).astype(np.float32)
+  targets = rng.integers(0, 11, (2, 7))
+  for chunk in (0, 3):
+    logp, ent, kl_tok = kl.exact_kl_from_hidden(hidden, head, ref_hidden, ref_head, 0.7, chunk,
+                                                targets=targets)
+    want_logp, want_ent = logprobs_from_hidden(hidden, head, targets, 0.7, chunk=chunk,
+                                               with_entropy=True)
+    np.testing.assert_allclose(logp, want_logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ent, want_ent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kl_tok, kl.exact_kl_from_hidden(hidden, head, ref_hidden,
+                                                               ref_head, 0.7, chunk),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_exact_kl_is_zero_and_flat_where_the_models_agree():

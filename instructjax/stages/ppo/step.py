@@ -229,13 +229,11 @@ def head_chunk(model: DecoderLM, hidden: Array) -> int:
 
 def response_logprobs(model: DecoderLM, params, tokens: Array, positions: Array,
                       segment_ids: Array, prompt_len: int, temperature: float,
-                      with_entropy: bool = False, hidden: Optional[Array] = None):
+                      with_entropy: bool = False):
   """Log-probs [B, N] of the response tokens under softmax(logits / temperature) (and the
   entropies [B, N] with `with_entropy`), from the hidden states `model.cfg.logits_chunk_tokens`
-  tokens at a time: no [B, N, vocab] array. `hidden`: the `response_hidden` of these
-  arguments when the caller has them already."""
-  if hidden is None:
-    hidden = response_hidden(model, params, tokens, positions, segment_ids, prompt_len)
+  tokens at a time: no [B, N, vocab] array."""
+  hidden = response_hidden(model, params, tokens, positions, segment_ids, prompt_len)
   return logprobs_from_hidden(hidden, lm_head_weight(model.cfg, params), tokens[:, prompt_len:],
                               temperature, chunk=head_chunk(model, hidden),
                               with_entropy=with_entropy)
@@ -418,10 +416,22 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
       losses and metrics (ratio_max aside) add up to the minibatch's. None: mb's own.
   """
   counts = counts or {}
-  seq = (mb["tokens"], mb["positions"], mb["segment_ids"], mb["prompt_len"])
-  hidden = response_hidden(models.policy, params, *seq)  # [M, N, d]
-  logp, entropies = response_logprobs(models.policy, params, *seq, temperature,
-                                      with_entropy=True, hidden=hidden)  # [M, N] each
+  if cfg.kl_loss_coef:
+    # The reference's whole next-token distributions at the sampled positions; the policy's
+    # log-probs, entropies and KL come from one pass of its head.
+    seq = (mb["tokens"], mb["positions"], mb["segment_ids"], mb["prompt_len"])
+    hidden = response_hidden(models.policy, params, *seq)  # [M, N, d]
+    ref_params = jax.lax.stop_gradient(ref_params)
+    logp, entropies, kl_tok = exact_kl_from_hidden(
+        hidden, lm_head_weight(models.policy.cfg, params),
+        response_hidden(models.policy, ref_params, *seq),
+        lm_head_weight(models.policy.cfg, ref_params), temperature,
+        chunk=head_chunk(models.policy, hidden),
+        targets=mb["tokens"][:, mb["prompt_len"]:])  # [M, N] each
+  else:
+    logp, entropies = response_logprobs(models.policy, params, mb["tokens"], mb["positions"],
+                                        mb["segment_ids"], mb["prompt_len"], temperature,
+                                        with_entropy=True)  # [M, N] each
   mask = mb["response_mask"]
   pg_loss, pm = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, cfg.clip_eps,
                             count=counts.get("tokens"))
@@ -432,13 +442,6 @@ def policy_objective(models: PPOModels, cfg: PPOConfig, temperature: float, para
     loss = loss - cfg.entropy_coef * entropy
   metrics = {"policy_loss": pg_loss, "entropy": jax.lax.stop_gradient(entropy), **pm}
   if cfg.kl_loss_coef:
-    # The reference's whole next-token distributions at the sampled positions.
-    ref_params = jax.lax.stop_gradient(ref_params)
-    kl_tok = exact_kl_from_hidden(
-        hidden, lm_head_weight(models.policy.cfg, params),
-        response_hidden(models.policy, ref_params, *seq),
-        lm_head_weight(models.policy.cfg, ref_params), temperature,
-        chunk=head_chunk(models.policy, hidden))  # [M, N]
     kl = masked_mean(kl_tok, mask, count=counts.get("tokens"))
     loss = loss + cfg.kl_loss_coef * kl
     metrics["kl_exact"] = jax.lax.stop_gradient(kl)
