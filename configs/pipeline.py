@@ -50,10 +50,13 @@ def get_config(arg=None):
   # policy updates as the majority's (with the labelers' 70/30 shares it was unlearnt).
   c.ppo_group.data.world.ppo_group_tags = "uniform"
   if v.startswith("tiny"):
-    # The 10-minute budget of the whole pipeline on a 2-core CPU: fewer steps than the
-    # stand-alone stage configs, which are tuned for each stage's own quality.
-    c.pretrain.train.num_steps = 300
-    c.pretrain.train.eval_every = c.pretrain.train.save_every = 150
+    # Sized for a 2-core CPU, quality first (README "Results of the main job", Time: what
+    # each stage costs). Pretraining 1000 steps, twice the stand-alone config's: a base
+    # model that knows its skills well makes SFT sure of its answers, so that PPO's small
+    # changes of the policy no longer turn right greedy answers into made-up ones (README
+    # "The hallucination experiments").
+    c.pretrain.train.num_steps = 1000
+    c.pretrain.train.eval_every = c.pretrain.train.save_every = 500
     # SFT long enough that its policy no longer needs the courtesy prefix to get answers
     # right (README "Results of the main job"): packed rows of 128 tokens, 750 steps over
     # 10000 demonstrations, with 500 pretraining documents mixed in so that it keeps its
@@ -79,6 +82,9 @@ def get_config(arg=None):
       rm.optim.lr = 3e-4
     # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
     c.rm_group.data.seq_len = 88
+    # InstructGPT's gamma = 1 for the ptx term (configs/ppo.py's tiny default is 0.2): with
+    # the longer pretraining there is more for it to keep.
+    c.ppo_ptx.ppo.ptx_coef = c.ppo_group.ppo.ptx_coef = 1.0
     for ppo in (c.ppo, c.ppo_ptx, c.ppo_group):
       ppo.train.num_steps = 40
       ppo.train.save_every = 20
