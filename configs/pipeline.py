@@ -80,6 +80,10 @@ def get_config(arg=None):
       rm.rm.lm_coef = 1.0
       rm.rm.distinct_responses = True
       rm.optim.lr = 3e-4
+    # The group-conditioned RM without the LM loss: on the development seeds its held-out
+    # accuracy was 0.758 / 0.768 without it and 0.738 / 0.738 with it, and only without it
+    # did it prefer the courtesy prefix on polite prompts (README "Results of the main job").
+    c.rm_group.rm.lm_coef = 0.0
     # Group-tagged prompts are 9-10 characters longer: keep the tag inside the RM's window.
     c.rm_group.data.seq_len = 88
     # InstructGPT's gamma = 1 for the ptx term (configs/ppo.py's tiny default is 0.2): on the
@@ -98,7 +102,9 @@ def get_config(arg=None):
   # evaluation's models compile alike is compiled once, and a rerun compiles nothing again
   # (same executables, bitwise the same results; README "Results of the main job", Time).
   c.compile_cache = True
+  # max_new_tokens: PPO's generation limit (configs/ppo.py), so that a right answer with the
+  # courtesy prefix finishes.
   c.eval = ml_collections.ConfigDict(dict(
-      num_prompts=200, max_new_tokens=32, temperature=0.0, few_shot_k=2, batch_size=64,
+      num_prompts=200, max_new_tokens=40, temperature=0.0, few_shot_k=2, batch_size=64,
       output_dir="eval"))
   return c
