@@ -94,9 +94,9 @@ def get_config(arg=None):
     # max_new_tokens=40: the longest gold answer (29 characters) fits with the courtesy prefix
     # (6) and EOS, with room for a few edits, as in the reward model's comparison samples; a
     # limit that cuts off a right answer with the prefix scores it 0, a penalty on the prefix
-    # that no labeler gives. ptx_coef=0.2: the tiny SFT model forgets much of its pretraining, so a small ptx
-    # term already pulls the held-out pretraining loss back; larger values trade RM score and
-    # KL for it. KL coefficient 0.15: lower values let PPO exploit the tiny reward model's
+    # that no labeler gives. ptx_coef=0.2: the tiny SFT model forgets much of its pretraining,
+    # so a small ptx term already pulls the held-out pretraining loss back; larger values
+    # trade RM score and KL for it. KL coefficient 0.15: lower values let PPO exploit the tiny reward model's
     # blind spots (it judges style better than correctness). README "Results of the main job"
     # has the measurements behind these choices.
     c.ppo = ppo_settings(rollout_batch_size=32, minibatch_size=8, epochs=2, max_new_tokens=40,

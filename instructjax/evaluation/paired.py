@@ -48,8 +48,9 @@ def compare_flags(a: Sequence[bool], b: Sequence[bool], num_resamples: int = 100
   only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
   diff, lo, hi = bootstrap_difference(a, b, num_resamples, seed=seed)
   return {"rate_a": float(a.mean()), "rate_b": float(b.mean()), "only_a": only_a,
-          "only_b": only_b, "both": int((a & b).sum()), "mcnemar_p": mcnemar_exact_p(only_a, only_b),
-          "difference": diff, "ci_low": lo, "ci_high": hi}
+          "only_b": only_b, "both": int((a & b).sum()),
+          "mcnemar_p": mcnemar_exact_p(only_a, only_b), "difference": diff, "ci_low": lo,
+          "ci_high": hi}
 
 
 def compare_means(a: Sequence[float], b: Sequence[float], num_resamples: int = 10000,
