@@ -96,9 +96,9 @@ def get_config(arg=None):
     # limit that cuts off a right answer with the prefix scores it 0, a penalty on the prefix
     # that no labeler gives. ptx_coef=0.2: the tiny SFT model forgets much of its pretraining,
     # so a small ptx term already pulls the held-out pretraining loss back; larger values
-    # trade RM score and KL for it. KL coefficient 0.15: lower values let PPO exploit the tiny reward model's
-    # blind spots (it judges style better than correctness). README "Results of the main job"
-    # has the measurements behind these choices.
+    # trade RM score and KL for it. KL coefficient 0.15: lower values let PPO exploit the tiny
+    # reward model's blind spots (it judges style better than correctness). README "Results of
+    # the main job" has the measurements behind these choices.
     c.ppo = ppo_settings(rollout_batch_size=32, minibatch_size=8, epochs=2, max_new_tokens=40,
                          ptx_coef=0.2, ptx_batch_size=16, kl=kl_config(0.15, True, 2.0, 1000.0),
                          eval_prompts=256)
