@@ -94,7 +94,8 @@ def get_config(arg=None):
       # 128 rollouts per iteration in minibatches of 32 (configs/ppo.py's tiny default: 32 in
       # 8): the same optimizer steps on four times the episodes, so each step's gradient is
       # less noisy and fewer right greedy answers drift into made-up ones (README "The
-      # hallucination experiments"). Rollouts are batched, so the stage costs little more.
+      # hallucination experiments"). Each PPO stage takes about twice as long for it (README
+      # "Results of the main job", Time).
       ppo.ppo.rollout_batch_size = 128
       ppo.ppo.minibatch_size = 32
       ppo.train.num_steps = 40
