@@ -77,6 +77,7 @@ class EvalSettings:
     add_bos: prepend BOS to prompts and documents (match the data pipeline of training).
     heldout_seq_len: row length for the held-out LM loss (default the model's max_seq_len).
     num_samples: example responses kept per row in the results.
+    banned_first_tokens: token ids no response may begin with (SamplingConfig's; () = off).
   """
   max_new_tokens: int = 48
   temperature: float = 0.0
@@ -88,6 +89,7 @@ class EvalSettings:
   add_bos: bool = False
   heldout_seq_len: Optional[int] = None
   num_samples: int = 5
+  banned_first_tokens: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ("max_new_tokens", "batch_size"):
@@ -180,7 +182,8 @@ def generate_responses(lm: LoadedModel, prompts: Sequence[str],
                        f"the model's {cfg.max_seq_len}-token context")
   sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, eos_id=tok.eos_id,
                             pad_id=tok.pad_id, temperature=settings.temperature,
-                            top_k=settings.top_k, top_p=settings.top_p)
+                            top_k=settings.top_k, top_p=settings.top_p,
+                            banned_first_tokens=tuple(settings.banned_first_tokens))
   batch = max(1, min(settings.batch_size, len(model_prompts)))
   out = generate_texts(lm.model, lm.params, tok, model_prompts, sampling, seed=settings.seed,
                        batch_size=batch, add_bos=settings.add_bos, cache=lm.jit)

@@ -18,6 +18,10 @@ class SamplingConfig:
     temperature: 0.0 means greedy argmax; otherwise logits are divided by it.
     top_k: keep the k most likely tokens; 0 = off.
     top_p: nucleus mass; 1.0 = off.
+    banned_first_tokens: token ids the first response token may not be (their logits set to
+      -inf before sampling it; later tokens are free): e.g. the courtesy prefix's first token,
+      to read what a policy answers without the prefix. () = off. The first token's logprob
+      is then under that restricted distribution.
   """
   max_new_tokens: int
   eos_id: int
@@ -25,6 +29,7 @@ class SamplingConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  banned_first_tokens: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -35,6 +40,10 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"SamplingConfig.top_p must be in (0, 1] (1 = off), got {self.top_p}")
+    if (not isinstance(self.banned_first_tokens, tuple)
+        or any(not isinstance(t, int) or t < 0 for t in self.banned_first_tokens)):
+      raise ValueError("SamplingConfig.banned_first_tokens must be a tuple of token ids >= 0, "
+                       f"got {self.banned_first_tokens!r}")
 
   @property
   def logprob_temperature(self) -> float:

@@ -108,6 +108,10 @@ def _prefill(model: DecoderLM, sampling: SamplingConfig, shard: Optional[Shardin
                               return_hidden=True)  # [B, P, d]
   # Only column P - 1's logits are needed: the head runs on [B, d], not on [B, P, d].
   logits = head_logits(hidden[:, -1], lm_head_weight(model.cfg, params))  # [B, V]
+  if sampling.banned_first_tokens:
+    ids = jnp.asarray(sampling.banned_first_tokens)
+    banned = jnp.zeros(logits.shape[-1], bool).at[ids].set(True)  # [V]
+    logits = jnp.where(banned, -jnp.inf, logits)
   state = _LoopState(
       step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, done=prompt_len == 0,
       tokens=jnp.full((b, n), sampling.pad_id, jnp.int32), mask=jnp.zeros((b, n), bool),

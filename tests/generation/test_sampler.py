@@ -214,7 +214,34 @@ def test_sharded_sampler_matches_single_device(make_lm, prompts):
   np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
 
 
+def test_banned_first_tokens_only_restrict_the_first_token(make_lm, prompts):
+  """With the free greedy first tokens banned, each row's first token is the argmax of the rest
+  and every later token is again the model's greedy choice given what came before."""
+  cfg, model, params = make_lm("llama")
+  tokens, mask = prompts(cfg.vocab_size, LENGTHS, WIDTH)
+  free = make_sampler(model, greedy(cfg))(params, tokens, mask, jax.random.key(0))
+  banned = tuple(sorted({int(t) for t in np.asarray(free.response_tokens[:REAL, 0])}))
+  sampling = dataclasses.replace(greedy(cfg), banned_first_tokens=banned)
+  out = make_sampler(model, sampling)(params, tokens, mask, jax.random.key(0))
+  check_conventions(out, tokens, mask, sampling)
+  first = np.asarray(out.response_tokens[:REAL, 0])
+  assert not set(first.tolist()) & set(banned)
+  logits, _ = model.apply({"params": params}, out.tokens, positions_from_mask(out.segment_ids),
+                          out.segment_ids)
+  logits = np.asarray(logits, np.float32)  # [B, WIDTH + N, V]
+  allowed = logits[:REAL, WIDTH - 1].copy()
+  allowed[:, list(banned)] = -np.inf
+  np.testing.assert_array_equal(first, allowed.argmax(-1))
+  later = logits[:REAL, WIDTH:WIDTH + N - 1].argmax(-1)  # Column WIDTH - 1 + i predicts token i.
+  np.testing.assert_array_equal(np.asarray(out.response_tokens[:REAL, 1:]), later)
+  assert np.isfinite(np.asarray(out.logprobs)).all()
+
+
 def test_config_validation():
+  with pytest.raises(ValueError, match="banned_first_tokens"):
+    SamplingConfig(max_new_tokens=4, eos_id=2, pad_id=0, banned_first_tokens=[3])
+  with pytest.raises(ValueError, match="banned_first_tokens"):
+    SamplingConfig(max_new_tokens=4, eos_id=2, pad_id=0, banned_first_tokens=(-1,))
   with pytest.raises(ValueError, match="max_new_tokens"):
     SamplingConfig(max_new_tokens=0, eos_id=2, pad_id=0)
   with pytest.raises(ValueError, match="top_p"):
