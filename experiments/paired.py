@@ -13,7 +13,6 @@ cannot tell rates of 1% and 2% apart; this can. Evaluation only: nothing here fe
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from instructjax.cli import config_value, parse_flags, run_main, setup_logging
 from instructjax.config import ConfigError
 from instructjax.evaluation import EvalSettings, generate_responses, load, score_responses
 from instructjax.evaluation.paired import compare_flags, compare_means
-from instructjax.world import WorldConfig, heldout_prompts
+from instructjax.world import WorldConfig, fresh_heldout_prompts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny",
                                           "pipeline config file[:arg] (its world and eval)",
@@ -38,14 +37,6 @@ _DRAWS = flags.DEFINE_integer("num_draws", 4000, "held-out draws after them")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "rows per forward")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the numbers (optional)")
 flags.mark_flags_as_required(["workdirs"])
-
-
-def fresh_prompts(world: WorldConfig, first: int, draws: int) -> list[str]:
-  """Distinct held-out prompts among draws [first, first + draws) that none of the first
-  `first` draws repeats (held-out prompts are drawn with replacement)."""
-  every = heldout_prompts(dataclasses.replace(world, num_heldout=first + draws))
-  seen = set(every[:first])
-  return list(dict.fromkeys(p for p in every[first:] if p not in seen))
 
 
 def compare_workdir(workdir: str, prompts: list[str], settings: EvalSettings) -> dict:
@@ -84,7 +75,7 @@ def paired() -> list[dict]:
       path = os.path.join(workdir, stage, "model")
       if not os.path.isdir(path):
         raise ConfigError(f"--workdirs: {path} does not exist (stage {stage!r} not run there)")
-  prompts = fresh_prompts(world, _FIRST.value, _DRAWS.value)
+  prompts = fresh_heldout_prompts(world, _FIRST.value, _DRAWS.value)
   settings = EvalSettings(max_new_tokens=config.eval.max_new_tokens, temperature=0.0, seed=0,
                           batch_size=_BATCH.value)
   rows = [compare_workdir(w, prompts, settings) for w in _WORKDIRS.value]

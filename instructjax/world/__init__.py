@@ -31,6 +31,6 @@ from instructjax.world.prompts import (
     FAMILIES, GROUPS, Instruction, condition_on_group, family_of, gold_answer, parse_prompt,
     sample_instruction, sample_prompt, split_group)
 from instructjax.world.splits import (
-    SPLITS, WorldConfig, build_split, heldout_prompts, policy_comparisons_for, ppo_prompts,
-    pretrain_documents, pretrain_heldout_documents, rm_prompts, sft_demonstrations, sft_prompts,
-    static_comparisons_for)
+    SPLITS, WorldConfig, build_split, fresh_heldout_prompts, heldout_prompts,
+    policy_comparisons_for, ppo_prompts, pretrain_documents, pretrain_heldout_documents,
+    rm_prompts, sft_demonstrations, sft_prompts, static_comparisons_for)

@@ -112,6 +112,15 @@ def heldout_prompts(config: WorldConfig) -> list[str]:
   return out
 
 
+def fresh_heldout_prompts(config: WorldConfig, first: int, draws: int) -> list[str]:
+  """Distinct held-out prompts among draws [first, first + draws) that none of the first
+  `first` draws repeats (held-out prompts are drawn with replacement): prompts apart from an
+  evaluation that read the first `first`."""
+  every = heldout_prompts(dataclasses.replace(config, num_heldout=first + draws))
+  seen = set(every[:first])
+  return list(dict.fromkeys(p for p in every[first:] if p not in seen))
+
+
 def sft_demonstrations(config: WorldConfig) -> list[Demonstration]:
   demos = demonstrations(sft_prompts(config), split_rng(config, "sft_demonstrator"))
   if not config.sft_group_tag_fraction:

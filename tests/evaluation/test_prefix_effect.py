@@ -1,0 +1,78 @@
+"""experiments/prefix_effect.py: prompt selection, the prefix exclusion, and the script end to
+end on tiny model directories (free / forced / forbidden prefix)."""
+import json
+import os
+import subprocess
+import sys
+
+from instructjax.tokenizer import CharTokenizer
+from tests import experiment_scripts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_select_prompts_by_family_and_repeated_arguments():
+  script = experiment_scripts.load("prefix_effect")
+  prompts = ["sort: 3 1 3\n", "sort: 3 1 2\n", "reverse: cat cat\n", "repeat 3: sun\n",
+             "upper: sun map\n"]
+  assert script.select_prompts(prompts, ["sort"], "repeated") == ["sort: 3 1 3\n"]
+  assert script.select_prompts(prompts, ["sort"], "distinct") == ["sort: 3 1 2\n"]
+  assert script.select_prompts(prompts, ["reverse", "repeat"], "repeated") == [
+      "reverse: cat cat\n"]
+  assert script.select_prompts(prompts, ["repeat"], "distinct") == ["repeat 3: sun\n"]
+  assert script.select_prompts(prompts, ["sort", "upper"], "any") == [
+      "sort: 3 1 3\n", "sort: 3 1 2\n", "upper: sun map\n"]
+
+
+def test_gold_answers_starting_like_the_prefix_are_left_out():
+  script = experiment_scripts.load("prefix_effect")
+  prompts = ["reverse: cat sun\n", "reverse: sun cat\n", "upper: sun\n", "sort: 2 1 3\n"]
+  # `sun cat` begins with `s`, the prefix's first character; `SUN` does not.
+  assert script.answerable_without_prefix(prompts, CharTokenizer()) == [
+      "reverse: sun cat\n", "upper: sun\n", "sort: 2 1 3\n"]
+
+
+def _run(args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  small_world = [f"--config.world.{k}={v}" for k, v in dict(
+      num_sft=30, num_rm=30, num_ppo=30, num_heldout=4, num_pretrain=20,
+      num_pretrain_heldout=2).items()]
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "prefix_effect.py"),
+         "--config=configs/pipeline.py:tiny", "--config.eval.max_new_tokens=10", *small_world,
+         "--batch_size=8", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+                        check=False)
+
+
+def _workdir(root, model_dirs):
+  for stage, name in (("sft", "sft"), ("ppo_ptx", "ppo")):
+    os.makedirs(root / stage)
+    os.symlink(model_dirs[name], root / stage / "model")
+  return str(root)
+
+
+def test_cli_forces_and_forbids_the_prefix(model_dirs, tmp_path):
+  w = _workdir(tmp_path / "seed_0", model_dirs)
+  out = tmp_path / "prefix.json"
+  proc = _run([f"--workdirs={w}", "--families=sort,reverse,upper,repeat", "--arguments=any",
+               "--first_prompt=4", "--num_draws=16", f"--output={out}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out) as f:
+    rows = json.load(f)["rows"]
+  assert [r["model"] for r in rows] == [os.path.join(w, s, "model") for s in ("sft", "ppo_ptx")]
+  for r in rows:
+    assert r["prompts"] >= 1
+    assert r["forced"]["courtesy"] == 1.0  # Every forced answer carries the prefix...
+    assert r["forbidden"]["courtesy"] == 0.0  # ...and no forbidden one can.
+    for condition in ("free", "forced", "forbidden"):
+      assert 0.0 <= r[condition]["correctness"] <= 1.0
+    assert f"| {r['model']} | {r['prompts']} |" in proc.stdout
+
+
+def test_cli_names_an_unknown_family_in_one_line(model_dirs, tmp_path):
+  w = _workdir(tmp_path / "seed_0", model_dirs)
+  proc = _run([f"--workdirs={w}", "--families=sort,count"])
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --families: unknown ['count']")
+  assert "Traceback" not in proc.stderr
