@@ -17,7 +17,6 @@ that token would forbid the right answer. Evaluation only: nothing here feeds tr
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -28,10 +27,10 @@ from ml_collections import config_flags
 
 from instructjax.cli import config_value, parse_flags, run_main, setup_logging
 from instructjax.config import ConfigError
-from instructjax.evaluation import (EvalSettings, Responses, generate_responses, load,
-                                    score_responses)
-from instructjax.world import (COURTESY_PREFIX, FAMILIES, WorldConfig, family_of,
-                               fresh_heldout_prompts, gold_answer)
+from instructjax.evaluation import EvalSettings, load, score_responses
+from instructjax.evaluation.prefix import (CONDITIONS, answerable_without_prefix, answers,
+                                           select_prompts)
+from instructjax.world import FAMILIES, WorldConfig, fresh_heldout_prompts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pipeline.py:tiny",
                                           "pipeline config file[:arg] (its world and eval)",
@@ -46,46 +45,6 @@ _DRAWS = flags.DEFINE_integer("num_draws", 4000, "held-out draws after them")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "rows per forward")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the numbers (optional)")
 flags.mark_flags_as_required(["workdirs"])
-
-CONDITIONS = ("free", "forced", "forbidden")
-
-
-def arguments_repeat(prompt: str) -> bool:
-  args = prompt.split(":", 1)[1].split()
-  return len(set(args)) < len(args)
-
-
-def select_prompts(prompts: list[str], families, arguments: str) -> list[str]:
-  keep = [p for p in prompts if family_of(p) in families]
-  if arguments == "any":
-    return keep
-  return [p for p in keep if arguments_repeat(p) == (arguments == "repeated")]
-
-
-def answers(lm, prompts: list[str], settings: EvalSettings, condition: str) -> Responses:
-  """Greedy responses under one condition; `forced` responses include the written prefix."""
-  if condition == "free":
-    return generate_responses(lm, prompts, settings)
-  prefix_ids = lm.tokenizer.encode(COURTESY_PREFIX)
-  if condition == "forbidden":
-    return generate_responses(lm, prompts, dataclasses.replace(
-        settings, banned_first_tokens=(int(prefix_ids[0]),)))
-  rest = settings.max_new_tokens - len(prefix_ids)
-  if rest < 1:
-    raise ConfigError(f"config.eval.max_new_tokens={settings.max_new_tokens} leaves no room "
-                      f"after the {len(prefix_ids)}-token prefix")
-  out = generate_responses(lm, [p + COURTESY_PREFIX for p in prompts],
-                           dataclasses.replace(settings, max_new_tokens=rest))
-  return Responses(prompts=list(prompts), model_prompts=out.model_prompts,
-                   texts=[COURTESY_PREFIX + t for t in out.texts], finished=out.finished)
-
-
-def answerable_without_prefix(prompts: list[str], tokenizer) -> list[str]:
-  """The prompts whose gold answer does not begin with the prefix's first token (forbidding
-  that token would forbid the right answer)."""
-  first = int(tokenizer.encode(COURTESY_PREFIX)[0])
-  return [p for p in prompts if int(tokenizer.encode(gold_answer(p))[0]) != first]
-
 
 def measure(model_dir: str, prompts: list[str], settings: EvalSettings) -> dict:
   lm = load(model_dir, expect_head="lm")

@@ -1,34 +1,33 @@
-"""experiments/prefix_effect.py: prompt selection, the prefix exclusion, and the script end to
-end on tiny model directories (free / forced / forbidden prefix)."""
+"""instructjax/evaluation/prefix.py (prompt selection, the prefix exclusion) and
+experiments/prefix_effect.py end to end on tiny model directories (free / forced / forbidden
+prefix)."""
 import json
 import os
 import subprocess
 import sys
 
+from instructjax.evaluation.prefix import answerable_without_prefix, select_prompts
 from instructjax.tokenizer import CharTokenizer
-from tests import experiment_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_select_prompts_by_family_and_repeated_arguments():
-  script = experiment_scripts.load("prefix_effect")
   prompts = ["sort: 3 1 3\n", "sort: 3 1 2\n", "reverse: cat cat\n", "repeat 3: sun\n",
              "upper: sun map\n"]
-  assert script.select_prompts(prompts, ["sort"], "repeated") == ["sort: 3 1 3\n"]
-  assert script.select_prompts(prompts, ["sort"], "distinct") == ["sort: 3 1 2\n"]
-  assert script.select_prompts(prompts, ["reverse", "repeat"], "repeated") == [
+  assert select_prompts(prompts, ["sort"], "repeated") == ["sort: 3 1 3\n"]
+  assert select_prompts(prompts, ["sort"], "distinct") == ["sort: 3 1 2\n"]
+  assert select_prompts(prompts, ["reverse", "repeat"], "repeated") == [
       "reverse: cat cat\n"]
-  assert script.select_prompts(prompts, ["repeat"], "distinct") == ["repeat 3: sun\n"]
-  assert script.select_prompts(prompts, ["sort", "upper"], "any") == [
+  assert select_prompts(prompts, ["repeat"], "distinct") == ["repeat 3: sun\n"]
+  assert select_prompts(prompts, ["sort", "upper"], "any") == [
       "sort: 3 1 3\n", "sort: 3 1 2\n", "upper: sun map\n"]
 
 
 def test_gold_answers_starting_like_the_prefix_are_left_out():
-  script = experiment_scripts.load("prefix_effect")
   prompts = ["reverse: cat sun\n", "reverse: sun cat\n", "upper: sun\n", "sort: 2 1 3\n"]
   # `sun cat` begins with `s`, the prefix's first character; `SUN` does not.
-  assert script.answerable_without_prefix(prompts, CharTokenizer()) == [
+  assert answerable_without_prefix(prompts, CharTokenizer()) == [
       "reverse: sun cat\n", "upper: sun\n", "sort: 2 1 3\n"]
 
 
