@@ -1,9 +1,6 @@
 """Paired comparison statistics (instructjax/evaluation/paired.py) against scipy and by hand,
 and experiments/paired.py end to end on tiny model directories."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,8 +8,7 @@ from scipy import stats
 
 from instructjax.evaluation.paired import (bootstrap_difference, compare_flags, compare_means,
                                            mcnemar_exact_p)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.evaluation.workdir_scripts import pipeline_workdir, run_script
 
 
 @pytest.mark.parametrize("only_a,only_b", [(0, 1), (0, 5), (1, 2), (3, 3), (12, 44), (26, 11),
@@ -78,31 +74,11 @@ def test_compare_flags_counts_by_hand():
   assert (m["mean_a"], m["mean_b"], m["difference"]) == (0.75, 0.5, -0.25)
 
 
-def _workdir(root, model_dirs):
-  """A pipeline workdir layout (<stage>/model) over the tiny model directories."""
-  for stage, name in (("sft", "sft"), ("ppo_ptx", "ppo")):
-    os.makedirs(root / stage)
-    os.symlink(model_dirs[name], root / stage / "model")
-  return str(root)
-
-
-def _run(args):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
-  small_world = [f"--config.world.{k}={v}" for k, v in dict(
-      num_sft=30, num_rm=30, num_ppo=30, num_heldout=4, num_pretrain=20,
-      num_pretrain_heldout=2).items()]
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "paired.py"),
-         "--config=configs/pipeline.py:tiny", "--config.eval.max_new_tokens=8", *small_world,
-         "--batch_size=8", *args]
-  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-                        check=False)
-
-
 def test_cli_compares_two_stages_on_fresh_prompts(model_dirs, tmp_path):
-  w = _workdir(tmp_path / "seed_0", model_dirs)
+  w = pipeline_workdir(tmp_path / "seed_0", model_dirs)
   out = tmp_path / "paired.json"
-  proc = _run([f"--workdirs={w}", "--first_prompt=4", "--num_draws=12", f"--output={out}"])
+  proc = run_script("paired.py", [f"--workdirs={w}", "--first_prompt=4", "--num_draws=12",
+                                  f"--output={out}"], max_new_tokens=8)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out) as f:
     result = json.load(f)
@@ -115,8 +91,9 @@ def test_cli_compares_two_stages_on_fresh_prompts(model_dirs, tmp_path):
 
 
 def test_cli_names_a_missing_stage_in_one_line(model_dirs, tmp_path):
-  w = _workdir(tmp_path / "seed_0", model_dirs)
-  proc = _run([f"--workdirs={w}", "--b=ppo", "--num_draws=4"])
+  w = pipeline_workdir(tmp_path / "seed_0", model_dirs)
+  proc = run_script("paired.py", [f"--workdirs={w}", "--b=ppo", "--num_draws=4"],
+                    max_new_tokens=8)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --workdirs: ")
   assert "ppo/model does not exist" in proc.stderr

@@ -3,13 +3,10 @@ experiments/prefix_effect.py end to end on tiny model directories (free / forced
 prefix)."""
 import json
 import os
-import subprocess
-import sys
 
 from instructjax.evaluation.prefix import answerable_without_prefix, select_prompts
 from instructjax.tokenizer import CharTokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.evaluation.workdir_scripts import pipeline_workdir, run_script
 
 
 def test_select_prompts_by_family_and_repeated_arguments():
@@ -31,31 +28,12 @@ def test_gold_answers_starting_like_the_prefix_are_left_out():
       "reverse: sun cat\n", "upper: sun\n", "sort: 2 1 3\n"]
 
 
-def _run(args):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.pop("XLA_FLAGS", None)
-  small_world = [f"--config.world.{k}={v}" for k, v in dict(
-      num_sft=30, num_rm=30, num_ppo=30, num_heldout=4, num_pretrain=20,
-      num_pretrain_heldout=2).items()]
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", "prefix_effect.py"),
-         "--config=configs/pipeline.py:tiny", "--config.eval.max_new_tokens=10", *small_world,
-         "--batch_size=8", *args]
-  return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-                        check=False)
-
-
-def _workdir(root, model_dirs):
-  for stage, name in (("sft", "sft"), ("ppo_ptx", "ppo")):
-    os.makedirs(root / stage)
-    os.symlink(model_dirs[name], root / stage / "model")
-  return str(root)
-
-
 def test_cli_forces_and_forbids_the_prefix(model_dirs, tmp_path):
-  w = _workdir(tmp_path / "seed_0", model_dirs)
+  w = pipeline_workdir(tmp_path / "seed_0", model_dirs)
   out = tmp_path / "prefix.json"
-  proc = _run([f"--workdirs={w}", "--families=sort,reverse,upper,repeat", "--arguments=any",
-               "--first_prompt=4", "--num_draws=16", f"--output={out}"])
+  proc = run_script("prefix_effect.py", [
+      f"--workdirs={w}", "--families=sort,reverse,upper,repeat", "--arguments=any",
+      "--first_prompt=4", "--num_draws=16", f"--output={out}"], max_new_tokens=10)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out) as f:
     rows = json.load(f)["rows"]
@@ -70,8 +48,9 @@ def test_cli_forces_and_forbids_the_prefix(model_dirs, tmp_path):
 
 
 def test_cli_names_an_unknown_family_in_one_line(model_dirs, tmp_path):
-  w = _workdir(tmp_path / "seed_0", model_dirs)
-  proc = _run([f"--workdirs={w}", "--families=sort,count"])
+  w = pipeline_workdir(tmp_path / "seed_0", model_dirs)
+  proc = run_script("prefix_effect.py", [f"--workdirs={w}", "--families=sort,count"],
+                    max_new_tokens=10)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --families: unknown ['count']")
   assert "Traceback" not in proc.stderr
