@@ -29,7 +29,10 @@ def select_prompts(prompts: Sequence[str], families: Sequence[str],
 
 
 def answers(lm, prompts: list[str], settings: EvalSettings, condition: str) -> Responses:
-  """Greedy responses under one condition; `forced` responses include the written prefix."""
+  """Responses (decoded as `settings` say) under one of CONDITIONS; `forced` responses include
+  the written prefix."""
+  if condition not in CONDITIONS:
+    raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
   if condition == "free":
     return generate_responses(lm, prompts, settings)
   prefix_ids = lm.tokenizer.encode(COURTESY_PREFIX)
