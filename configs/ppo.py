@@ -34,6 +34,9 @@ def kl_config(init_beta: float, adaptive: bool, target: float,
 def ppo_settings(**kw) -> ml_collections.ConfigDict:
   d = dict(
       rollout_batch_size=64, minibatch_size=16, epochs=4, clip_eps=0.2, value_clip_eps=0.2,
+      # Sampled responses to each prompt of a rollout (rollout_batch_size / this distinct
+      # prompts): with more than one, their advantages contrast answers to the same prompt.
+      responses_per_prompt=1,
       micro_batch_size=0,  # Rows per forward/backward pass (gradient accumulation); 0: minibatch.
       vf_coef=1.0, entropy_coef=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
       kl_estimator="k1", kl=kl_config(0.05, True, 6.0, 10000.0),

@@ -581,9 +581,45 @@ def test_driver_reads_jsonl_prompts_and_texts(model_dirs, tmp_path):
   assert 0 <= out["final_eval"]["correctness"] <= 1  # Against the "gold" field.
 
 
+def test_responses_per_prompt_repeats_each_prompt_of_a_distinct_batch():
+  """k responses to each of B / k distinct prompts: the prompt rows repeat k times in a row,
+  and the iterator draws B / k prompts a batch (its state moves as with B / k)."""
+  from instructjax.stages.ppo import data
+  c = small_config(1)
+  c.ppo.responses_per_prompt = 4
+  tok = CharTokenizer()
+  it = data.prompt_iterator(c, tok)
+  batches = data.PPOBatches(it, None, None, repeats=data.responses_per_prompt(c))
+  b = next(batches)["prompts"]
+  rows = np.asarray(b["tokens"])
+  assert rows.shape == (16, c.data.prompt_len)
+  groups = rows.reshape(4, 4, -1)
+  np.testing.assert_array_equal(groups, np.repeat(groups[:, :1], 4, axis=1))
+  assert len({r.tobytes() for r in groups[:, 0]}) == 4  # Four distinct prompts.
+  for key in ("segment_ids", "positions"):
+    g = np.asarray(b[key]).reshape(4, 4, -1)
+    np.testing.assert_array_equal(g, np.repeat(g[:, :1], 4, axis=1))
+  # The same prompts, in the same order, as a plain iterator with a batch of B / k.
+  c1 = small_config(1)
+  c1.ppo.rollout_batch_size = 4
+  plain = np.asarray(next(data.prompt_iterator(c1, tok))["tokens"])
+  np.testing.assert_array_equal(groups[:, 0], plain)
+
+
+def test_driver_with_several_responses_per_prompt(model_dirs, tmp_path):
+  c = small_config(1)
+  c.init_from, c.reward_model = model_dirs
+  c.ppo.responses_per_prompt = 2
+  out = ppo_driver.run(c, str(tmp_path / "w"))
+  assert out["complete"] and out["steps"] == 1
+  assert np.isfinite(out["train"]["last"]["score"])
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("ppo.minibatch_size", 5, r"config\.ppo\.minibatch_size"),
     ("ppo.micro_batch_size", 3, r"config\.ppo\.micro_batch_size"),
+    ("ppo.responses_per_prompt", 3, r"config\.ppo\.responses_per_prompt=3 must be a positive "
+     r"divisor of config\.ppo\.rollout_batch_size=16"),
     ("ppo.temperature", 0.0, r"config\.ppo\.temperature"),
     ("ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator"),
     ("ppo.kl_loss_coef", -0.1, r"config\.ppo\.kl_loss_coef: must be >= 0"),

@@ -100,6 +100,10 @@ def check(config) -> tuple[object, PPOConfig, ModelConfig, ModelConfig]:
                       f"{p.eval_temperature}")
   if p.eval_prompts < 0:
     raise ConfigError(f"config.ppo.eval_prompts: must be >= 0, got {p.eval_prompts}")
+  repeats = int(p.get("responses_per_prompt", 1))
+  if repeats < 1 or p.rollout_batch_size % repeats:
+    raise ConfigError(f"config.ppo.responses_per_prompt={repeats} must be a positive divisor of "
+                      f"config.ppo.rollout_batch_size={p.rollout_batch_size}")
   for key in ("rollout_batch_size", "minibatch_size", "micro_batch_size"):
     if p.get(key, 0) % dp:
       raise ConfigError(f"config.ppo.{key}={p[key]} is not divisible by the data-parallel "

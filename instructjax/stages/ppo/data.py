@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 from instructjax.config import ConfigError
 from instructjax.data import make_lm_iterator, make_prompt_iterator
 from instructjax.parallel.distributed import host_batch_size
@@ -55,11 +57,17 @@ def check_world_prompt_len(config, tokenizer) -> None:
 
 
 
+def responses_per_prompt(config) -> int:
+  return int(config.ppo.get("responses_per_prompt", 1))
+
+
 def prompt_iterator(config, tokenizer):
-  """Shuffled, repeating, checkpointable prompt batches (each host feeds its slice)."""
+  """Shuffled, repeating, checkpointable prompt batches (each host feeds its slice): the
+  rollout's distinct prompts, rollout_batch_size / responses_per_prompt a batch."""
+  distinct = int(config.ppo.rollout_batch_size) // responses_per_prompt(config)
   return make_prompt_iterator(
       prompt_records(config, "train"), tokenizer,
-      batch_size=host_batch_size(int(config.ppo.rollout_batch_size), "ppo.rollout_batch_size"),
+      batch_size=host_batch_size(distinct, "ppo.rollout_batch_size / ppo.responses_per_prompt"),
       prompt_len=config.data.prompt_len, seed=config.seed,
       **inputs.encode_kwargs(config, "prompts"))
 
@@ -88,18 +96,22 @@ def heldout_text_batches(config, tokenizer, ctx) -> list[dict]:
 class PPOBatches:
   """{"prompts": [B, P] prompt batch, "ptx": [B_ptx, T] LM batch (when used)} on device.
 
-  Checkpointable: its state is both host iterators' states.
+  With repeats = k > 1 each prompt of the host batch appears k times in a row (B / k distinct
+  prompts), so the rollout holds k independently sampled responses to each: their advantages
+  differ only by what the reward model and the KL made of each response, since the value of a
+  prompt is the same for all k. Checkpointable: its state is both host iterators' states.
   """
 
-  def __init__(self, prompts, ptx, ctx: Optional[ShardingContext]):
-    self.prompts, self.ptx, self.ctx = prompts, ptx, ctx
+  def __init__(self, prompts, ptx, ctx: Optional[ShardingContext], repeats: int = 1):
+    self.prompts, self.ptx, self.ctx, self.repeats = prompts, ptx, ctx, repeats
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
     p = next(self.prompts)
-    batch = {"prompts": to_device_batch({k: p[k] for k in PROMPT_KEYS}, self.ctx)}
+    rows = {k: np.repeat(p[k], self.repeats, axis=0) for k in PROMPT_KEYS}  # [B, P]
+    batch = {"prompts": to_device_batch(rows, self.ctx)}
     if self.ptx is not None:
       x = next(self.ptx)
       batch["ptx"] = to_device_batch({k: x[k] for k in LM_KEYS}, self.ctx)

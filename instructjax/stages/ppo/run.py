@@ -88,7 +88,8 @@ def _train(config, workdir: str, cfg: PPOConfig) -> dict[str, Any]:
   # --- Data: every bad record is reported before anything is compiled.
   data.check_world_prompt_len(config, tokenizer)
   batches = data.PPOBatches(data.prompt_iterator(config, tokenizer),
-                            data.ptx_iterator(config, tokenizer) if cfg.use_ptx else None, ctx)
+                            data.ptx_iterator(config, tokenizer) if cfg.use_ptx else None, ctx,
+                            repeats=data.responses_per_prompt(config))
   eval_prompts, eval_records, num_eval = data.eval_prompt_batches(
       data.prompt_records(config, "eval"), tokenizer, config, ctx)
   heldout_text = data.heldout_text_batches(config, tokenizer, ctx)
