@@ -12,6 +12,15 @@ TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/instructworld
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# The host allocator: glibc's malloc hands XLA's large CPU buffers back to the kernel when they
+# are freed and faults them in again at the next step (on the 2-core CPU a fifth of the CPU
+# time, all of it in the kernel). One arena that never unmaps or trims keeps them; results are
+# bitwise the same (README "Performance"). Override any of these, or set them to glibc's
+# defaults, where host memory is short.
+export MALLOC_ARENA_MAX ?= 1
+export MALLOC_MMAP_MAX_ ?= 0
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+export MALLOC_TOP_PAD_ ?= 268435456
 
 .PHONY: install run test clean
 
