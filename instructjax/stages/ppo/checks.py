@@ -14,6 +14,7 @@ from instructjax.models import ModelConfig
 from instructjax.ops import adaptive_kl_controller, fixed_kl_controller
 from instructjax.ops.kl import KLController
 from instructjax.stages import inputs, lengths, runner
+from instructjax.stages.ppo import data
 from instructjax.stages.ppo.evaluate import EVAL_METRICS
 from instructjax.stages.ppo.step import PPOConfig
 
@@ -100,7 +101,7 @@ def check(config) -> tuple[object, PPOConfig, ModelConfig, ModelConfig]:
                       f"{p.eval_temperature}")
   if p.eval_prompts < 0:
     raise ConfigError(f"config.ppo.eval_prompts: must be >= 0, got {p.eval_prompts}")
-  repeats = int(p.get("responses_per_prompt", 1))
+  repeats = data.responses_per_prompt(config)
   if repeats < 1 or p.rollout_batch_size % repeats:
     raise ConfigError(f"config.ppo.responses_per_prompt={repeats} must be a positive divisor of "
                       f"config.ppo.rollout_batch_size={p.rollout_batch_size}")

@@ -97,9 +97,9 @@ class PPOBatches:
   """{"prompts": [B, P] prompt batch, "ptx": [B_ptx, T] LM batch (when used)} on device.
 
   With repeats = k > 1 each prompt of the host batch appears k times in a row (B / k distinct
-  prompts), so the rollout holds k independently sampled responses to each: their advantages
-  differ only by what the reward model and the KL made of each response, since the value of a
-  prompt is the same for all k. Checkpointable: its state is both host iterators' states.
+  prompts), so the rollout holds k independently sampled responses to each, and one update
+  weighs differently scored answers to the same prompt against the same value of the prompt.
+  Checkpointable: its state is both host iterators' states.
   """
 
   def __init__(self, prompts, ptx, ctx: Optional[ShardingContext], repeats: int = 1):
