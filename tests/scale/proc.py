@@ -102,6 +102,9 @@ def multi_runs(config: str, workdir: str, overrides: Mapping[str, object], num_p
         "INSTRUCTJAX_COORDINATOR": f"127.0.0.1:{port}",
         "INSTRUCTJAX_NUM_PROCESSES": str(num_processes),
         "INSTRUCTJAX_PROCESS_ID": str(rank)})
+    # The session's compilation cache (conftest) is written without a lock: the ranks, which
+    # compile the same programs at the same moment, would read each other's half-written files.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     runs.append((train_command(config, workdir, overrides), env))
   return runs
 
