@@ -35,8 +35,9 @@ def mini_config():
                        max_new_tokens=12, eval_prompts=8)
     c[name].value_optim.warmup_steps = 1
   c.eval.update(num_prompts=8, max_new_tokens=12, batch_size=8)
-  # JAX picks a persistent cache once per process, and the tests' process has the session's
-  # (conftest) (test_the_compile_cache_goes_in_the_workdir checks the pipeline asks for its own).
+  # JAX picks a persistent cache once per process, and the tests' process already has the
+  # session's from conftest; test_the_compile_cache_goes_in_the_workdir checks the pipeline asks
+  # for its own.
   c.compile_cache = False
   return c
 
