@@ -37,6 +37,10 @@ def ppo_settings(**kw) -> ml_collections.ConfigDict:
       # Sampled responses to each prompt of a rollout (rollout_batch_size / this distinct
       # prompts): with more than one, their advantages contrast answers to the same prompt.
       responses_per_prompt=1,
+      # "gae": a value model (from the RM) gives each token's baseline; "rloo": the other
+      # responses to the same prompt do (needs responses_per_prompt >= 2; no value model is
+      # read or trained).
+      advantage_estimator="gae",
       micro_batch_size=0,  # Rows per forward/backward pass (gradient accumulation); 0: minibatch.
       vf_coef=1.0, entropy_coef=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
       kl_estimator="k1", kl=kl_config(0.05, True, 6.0, 10000.0),

@@ -3,7 +3,7 @@
 Shapes: B batch, T tokens, V vocab, K responses per prompt. Masks are bool, applied
 with jnp.where (garbage in padding never leaks), reductions run over valid entries.
 """
-from instructjax.ops.advantages import gae
+from instructjax.ops.advantages import gae, leave_one_out_advantages
 from instructjax.ops.kl import (KL_ESTIMATORS, MAX_LOG_RATIO, KLController,
                                 adaptive_kl_controller, fixed_kl_controller, kl_estimate,
                                 update_kl_controller)

@@ -58,3 +58,31 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
   if whiten_advantages:
     advantages = masked_whiten(advantages, mask)
   return advantages, returns
+
+
+def leave_one_out_advantages(returns: Array, valid: Array, group_size: int) -> Array:
+  """REINFORCE leave-one-out advantages (RLOO; Kool et al. 2019, Ahmadian et al. 2024).
+
+  Rows come in consecutive groups of `group_size` responses to one prompt. Each response's
+  baseline is the mean return of the other valid responses of its group, so the advantage
+  contrasts answers to the same prompt and needs no value model:
+
+    A_i = R_i - sum_{j != i, valid} R_j / (n_valid - 1)
+
+  Args:
+    returns: [B] float, one return per response (e.g. score - beta * summed KL).
+    valid: [B] bool; invalid rows (batch padding; may hold garbage, nan included) enter no
+      baseline and get 0.
+    group_size: static k >= 2; B must be a multiple of it.
+
+  Returns:
+    [B] float32; 0 on invalid rows and on rows with no other valid row in their group.
+  """
+  b = returns.shape[0]
+  if group_size < 2 or b % group_size:
+    raise ValueError(f"group_size={group_size} must be >= 2 and divide the batch of {b}")
+  valid = jnp.asarray(valid).astype(bool).reshape(-1, group_size)  # [G, k]
+  r = jnp.where(valid, returns.astype(jnp.float32).reshape(-1, group_size), 0.0)  # [G, k]
+  others = jnp.sum(valid, axis=1, keepdims=True) - 1  # [G, 1]
+  baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / jnp.maximum(others, 1)
+  return jnp.where(valid & (others > 0), r - baseline, 0.0).reshape(b)

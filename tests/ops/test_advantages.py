@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructjax.ops.advantages import gae
+from instructjax.ops.advantages import gae, leave_one_out_advantages
 
 _gae = jax.jit(gae, static_argnames=("whiten_advantages",))
 
@@ -111,3 +111,37 @@ def test_traced_gamma_lam_and_finite_gradients():
   grad = jax.grad(lambda v: jnp.sum(gae(rewards, v, mask, 0.99, 0.95)[0]))(vals)
   assert np.all(np.isfinite(grad))
   assert np.all(np.asarray(grad)[~mask] == 0)
+
+
+def _np_leave_one_out(returns, valid, k):
+  """Each valid row minus the mean of the other valid rows of its group of k, by loops."""
+  adv = np.zeros(len(returns))
+  for i in range(len(returns)):
+    g = i // k
+    others = [returns[j] for j in range(g * k, g * k + k) if j != i and valid[j]]
+    if valid[i] and others:
+      adv[i] = returns[i] - np.mean(others)
+  return adv
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_leave_one_out_matches_loop_and_ignores_invalid_rows(k):
+  rng = np.random.default_rng(k)
+  returns = rng.normal(size=6 * k).astype(np.float32)
+  valid = rng.random(6 * k) < 0.75
+  valid[:k] = False  # A group with no valid row,
+  valid[k:2 * k] = np.arange(k) == 0  # and one with a single valid row: both get 0.
+  garbage = np.where(valid, returns, np.nan).astype(np.float32)
+  adv = jax.jit(leave_one_out_advantages, static_argnums=2)(garbage, valid, k)
+  np.testing.assert_allclose(adv, _np_leave_one_out(returns, valid, k), rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(adv)[:2 * k] == 0)
+  # Full groups: A_i = R_i - (S - R_i) / (k - 1) sums to 0 over a group.
+  full = jax.jit(leave_one_out_advantages, static_argnums=2)(returns, np.ones(6 * k, bool), k)
+  np.testing.assert_allclose(np.asarray(full).reshape(-1, k).sum(1), 0.0, atol=1e-5)
+
+
+def test_leave_one_out_needs_groups_of_two_that_divide_the_batch():
+  with pytest.raises(ValueError, match="group_size=1"):
+    leave_one_out_advantages(jnp.zeros(4), jnp.ones(4, bool), 1)
+  with pytest.raises(ValueError, match="group_size=3"):
+    leave_one_out_advantages(jnp.zeros(4), jnp.ones(4, bool), 3)

@@ -484,6 +484,52 @@ def test_micro_batched_iteration_is_exactly_on_policy_at_first():
   assert m["minibatch/ratio_max"][0, 1] > 1.0
 
 
+def test_rloo_advantages_match_a_numpy_reference():
+  """Leave-one-out: each response's summed reward (score - beta * sum of log-ratios) minus
+  the mean of the other responses to its prompt, on every token of it, scaled to unit
+  variance over the valid tokens; the batch-padding row counts in no baseline."""
+  cfg = dataclasses.replace(LIGHT, advantage_estimator="rloo", responses_per_prompt=4)
+  rng = np.random.default_rng(7)
+  lengths = rng.integers(1, N + 1, B)
+  mask = np.arange(N)[None, :] < lengths[:, None]  # [B, N]
+  logp, ref = (rng.normal(size=(B, N)).astype(np.float32) for _ in range(2))
+  score = rng.normal(size=B).astype(np.float32)
+  has_prompt = np.ones(B, bool)
+  has_prompt[5] = False
+  z = jnp.zeros((B, N), jnp.float32)
+  ro = ppo.Rollout(tokens=z, positions=z, segment_ids=z, response_tokens=z,
+                   response_mask=jnp.asarray(mask), logprobs=jnp.asarray(logp),
+                   ref_logprobs=jnp.asarray(ref), sampler_logprobs=z, values=z + np.nan,
+                   rm_score=jnp.asarray(score), score=jnp.asarray(score), finished=z[:, 0],
+                   lengths=jnp.asarray(lengths), has_prompt=jnp.asarray(has_prompt))
+  beta = 0.1
+  adv = host(ppo.rewards_and_advantages(cfg, ro, jnp.float32(beta)).advantages)
+  total = score - beta * np.where(mask, logp - ref, 0.0).sum(1)  # [B]
+  seq = np.zeros(B)
+  for i in range(B):
+    others = [total[j] for j in range(i // 4 * 4, i // 4 * 4 + 4) if j != i and has_prompt[j]]
+    seq[i] = total[i] - np.mean(others) if has_prompt[i] else 0.0
+  tok = np.where(mask, seq[:, None], 0.0)
+  expected = tok / np.sqrt(tok[mask].var() + 1e-8)
+  np.testing.assert_allclose(adv, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rloo_iteration_is_on_policy_at_first_and_leaves_the_value_model():
+  cfg = dataclasses.replace(LIGHT, advantage_estimator="rloo", responses_per_prompt=2)
+  fn = ppo.make_ppo_iteration(cfg, POLICY, VALUE, VALUE, optax.adam(LR), optax.adam(LR),
+                              SAMPLING, debug=True)
+  pr = {k: jnp.repeat(v[:B // 2], 2, axis=0) for k, v in prompts().items()}  # Pairs.
+  before = host(fresh_state(cfg))
+  after, m = jax.jit(fn)(fresh_state(cfg), {"prompts": pr}, jax.random.key(0))
+  after, m = host(after), jax.device_get(m)
+  assert m["minibatch/ratio_max"][0, 0] == 1.0 and m["minibatch/approx_kl"][0, 0] == 0.0
+  assert m["minibatch/ratio_max"][0, 1] > 1.0  # The policy moved.
+  assert m["advantage_abs_mean"] > 0
+  assert not any(k.startswith("value") or "/value" in k for k in m), sorted(m)
+  for x, y in zip(jax.tree.leaves(before.value_params), jax.tree.leaves(after.value_params)):
+    np.testing.assert_array_equal(x, y)
+
+
 # --------------------------------------------------------------------------------- driver
 
 
@@ -610,9 +656,12 @@ def test_driver_with_several_responses_per_prompt(model_dirs, tmp_path):
   c = small_config(1)
   c.init_from, c.reward_model = model_dirs
   c.ppo.responses_per_prompt = 2
+  c.ppo.advantage_estimator = "rloo"  # The pairs are each other's baseline.
   out = ppo_driver.run(c, str(tmp_path / "w"))
   assert out["complete"] and out["steps"] == 1
-  assert np.isfinite(out["train"]["last"]["score"])
+  last = out["train"]["last"]
+  assert np.isfinite(last["score"]) and np.isfinite(last["policy_loss"])
+  assert "value_loss" not in last
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -622,6 +671,9 @@ def test_driver_with_several_responses_per_prompt(model_dirs, tmp_path):
      r"divisor of config\.ppo\.rollout_batch_size=16"),
     ("ppo.temperature", 0.0, r"config\.ppo\.temperature"),
     ("ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator"),
+    ("ppo.advantage_estimator", "vtrace", r"config\.ppo\.advantage_estimator: 'vtrace'"),
+    ("ppo.advantage_estimator", "rloo", r"config\.ppo\.advantage_estimator: 'rloo' compares "
+     r"the responses to one prompt: it needs config\.ppo\.responses_per_prompt >= 2, got 1"),
     ("ppo.kl_loss_coef", -0.1, r"config\.ppo\.kl_loss_coef: must be >= 0"),
     ("ppo.ptx_batch_size", 12, r"config\.ppo\.ptx_batch_size"),
     ("ppo.max_new_tokens", 60, r"config\.data\.prompt_len \+ config\.ppo\.max_new_tokens"),

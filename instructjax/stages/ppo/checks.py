@@ -36,7 +36,9 @@ def ppo_config(config) -> PPOConfig:
         lam=float(p.lam), whiten_rewards=bool(p.whiten_rewards),
         kl_estimator=str(p.kl_estimator), ptx_coef=float(p.ptx_coef),
         kl_loss_coef=float(p.kl_loss_coef),
-        no_eos_penalty=float(p.no_eos_penalty), ema_decay=float(p.ema_decay)).validate()
+        no_eos_penalty=float(p.no_eos_penalty), ema_decay=float(p.ema_decay),
+        advantage_estimator=str(p.get("advantage_estimator", "gae")),
+        responses_per_prompt=data.responses_per_prompt(config)).validate()
   except ValueError as e:
     raise ConfigError(str(e)) from e
 
@@ -101,10 +103,6 @@ def check(config) -> tuple[object, PPOConfig, ModelConfig, ModelConfig]:
                       f"{p.eval_temperature}")
   if p.eval_prompts < 0:
     raise ConfigError(f"config.ppo.eval_prompts: must be >= 0, got {p.eval_prompts}")
-  repeats = data.responses_per_prompt(config)
-  if repeats < 1 or p.rollout_batch_size % repeats:
-    raise ConfigError(f"config.ppo.responses_per_prompt={repeats} must be a positive divisor of "
-                      f"config.ppo.rollout_batch_size={p.rollout_batch_size}")
   for key in ("rollout_batch_size", "minibatch_size", "micro_batch_size"):
     if p.get(key, 0) % dp:
       raise ConfigError(f"config.ppo.{key}={p[key]} is not divisible by the data-parallel "

@@ -11,7 +11,10 @@ An iteration is
      drawn from softmax(logits / T), so that is the distribution the ratio and the KL are about),
      the value model's values and the reward model's score at the last real token;
   2. rewards: -beta * KL per token plus the (optionally no-EOS-penalised) score on the last
-     response token; advantages by GAE over response tokens, whitened over the valid ones;
+     response token; advantages by GAE over response tokens, whitened over the valid ones, or
+     (advantage_estimator "rloo") each response's summed reward minus the mean of the other
+     responses to its prompt, for every token of it, scaled to unit variance: no value model
+     is read or trained;
   3. update: epochs x minibatches as nested lax.scans; per minibatch one clipped-surrogate step
      of the policy (+ entropy bonus, + ptx_coef * LM loss on a pretraining minibatch,
      + kl_loss_coef * the exact KL to the reference's next-token distributions at the
@@ -47,11 +50,12 @@ from instructjax.models import (DecoderLM, gather_at, last_token_index, lm_head_
                                 positions_from_mask)
 from instructjax.models.response_loglik import scoring_segments
 from instructjax.ops import (KL_ESTIMATORS, apply_no_eos_penalty, compute_rewards,
-                             explained_variance, gae, masked_count, masked_mean, policy_loss,
-                             update_kl_controller, value_loss, whiten_rewards)
+                             explained_variance, gae, leave_one_out_advantages, masked_count,
+                             masked_mean, policy_loss, update_kl_controller, value_loss,
+                             whiten_rewards)
 from instructjax.ops.head_chunks import positions_per_chunk
 from instructjax.ops.kl import exact_kl_from_hidden
-from instructjax.ops.logprobs import logprobs_from_hidden
+from instructjax.ops.logprobs import logprobs_from_hidden, masked_var
 from instructjax.parallel import xla_options
 from instructjax.parallel.sharding import ShardingContext
 from instructjax.stages.lm import LM_KEYS, lm_loss
@@ -60,6 +64,7 @@ from instructjax.training.microbatch import accumulate_gradients, merge_rows, sp
 
 Array = jax.Array
 PROMPT_KEYS = ("tokens", "segment_ids", "positions")  # The prompt batch contract, [B, P].
+ADVANTAGE_ESTIMATORS = ("gae", "rloo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +83,11 @@ class PPOConfig:
     vf_coef: scale of the value loss (the value model has its own optimizer, so this only
       matters against gradient clipping and for the reported total).
     entropy_coef: entropy bonus coefficient (0: the entropy is only reported).
-    gamma, lam: GAE discount and lambda over response tokens.
+    gamma, lam: GAE discount and lambda over response tokens (unused by "rloo").
+    advantage_estimator: "gae" (a value model's baseline per token) or "rloo" (the other
+      responses to the same prompt are the baseline; needs responses_per_prompt >= 2).
+    responses_per_prompt: k, the rollout's rows come in consecutive groups of k responses
+      to one prompt (the data layer repeats each prompt k times).
     whiten_rewards: scale-normalise per-token rewards over the batch before GAE.
     kl_estimator: "k1" (log-ratio, Ziegler/InstructGPT), "k2" or "k3" (see ops.kl).
     ptx_coef: coefficient of the pretraining LM loss (InstructGPT's gamma); 0: plain PPO.
@@ -104,6 +113,8 @@ class PPOConfig:
   kl_loss_coef: float = 0.0
   no_eos_penalty: float = 0.0
   ema_decay: float = 0.0
+  advantage_estimator: str = "gae"
+  responses_per_prompt: int = 1
 
   @property
   def num_minibatches(self) -> int:
@@ -121,6 +132,11 @@ class PPOConfig:
   @property
   def use_ptx(self) -> bool:
     return self.ptx_coef > 0
+
+  @property
+  def trains_value(self) -> bool:
+    """Whether the value model gives the advantages' baseline (and so is read and trained)."""
+    return self.advantage_estimator == "gae"
 
   def validate(self, prefix: str = "ppo") -> "PPOConfig":
     """Raises ValueError naming `config.<prefix>.<key>`; returns self."""
@@ -149,6 +165,16 @@ class PPOConfig:
       fail("kl_estimator", f"{self.kl_estimator!r} is not one of {KL_ESTIMATORS}")
     if not 0 <= self.ema_decay < 1:
       fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+    k = self.responses_per_prompt
+    if k < 1 or self.rollout_batch_size % k:
+      raise ValueError(f"config.{prefix}.responses_per_prompt={k} must be a positive divisor "
+                       f"of config.{prefix}.rollout_batch_size={self.rollout_batch_size}")
+    if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+      fail("advantage_estimator", f"{self.advantage_estimator!r} is not one of "
+           f"{ADVANTAGE_ESTIMATORS}")
+    if self.advantage_estimator == "rloo" and k < 2:
+      fail("advantage_estimator", f"'rloo' compares the responses to one prompt: it needs "
+           f"config.{prefix}.responses_per_prompt >= 2, got {k}")
     return self
 
 
@@ -172,7 +198,8 @@ class Rollout:
     logprobs: float32 [B, N], policy log-probs recomputed by a full forward (the "old" ones).
     ref_logprobs: float32 [B, N], the reference (SFT) policy's.
     sampler_logprobs: float32 [B, N], what the KV-cache sampler reported (a cross-check).
-    values: float32 [B, N], V at the column that predicts each response token.
+    values: float32 [B, N], V at the column that predicts each response token (0 when the
+      advantages do not read a value model).
     rm_score: float32 [B], the reward model at the EOS of prompt + response (+ the EOS the
       RM's training data gives every response, when the policy did not stop: `rm_inputs`).
     score: float32 [B], rm_score after the no-EOS penalty (what the reward uses).
@@ -315,7 +342,8 @@ def score_sequences(models: PPOModels, cfg: PPOConfig, temperature: float, state
                                       temperature),
         "ref_logprobs": response_logprobs(models.policy, state.ref_params, tok, pos, seg, p,
                                           temperature),
-        "values": response_values(models.value, state.value_params, tok, pos, seg, p),
+        "values": (response_values(models.value, state.value_params, tok, pos, seg, p)
+                   if cfg.trains_value else jnp.zeros(tok[:, p:].shape, jnp.float32)),
         "rm_score": sequence_scores(models.rm, state.rm_params, *rm_seq, p),
     }
 
@@ -385,12 +413,22 @@ def eval_episodes(models: PPOModels, sampling: SamplingConfig, policy_params, re
 
 
 def rewards_and_advantages(cfg: PPOConfig, ro: Rollout, beta: Array) -> Advantages:
-  """Per-token rewards (-beta * KL, score on the last token), GAE, whitened advantages."""
+  """Per-token rewards (-beta * KL, score on the last token), then whitened GAE advantages,
+  or leave-one-out ones (`cfg.advantage_estimator`)."""
   mask = ro.response_mask
   tr = compute_rewards(ro.score, ro.logprobs, ro.ref_logprobs, mask, beta, cfg.kl_estimator)
   rewards = whiten_rewards(tr.rewards, mask) if cfg.whiten_rewards else tr.rewards
-  advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam,
-                            whiten_advantages=True)
+  if cfg.trains_value:
+    advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam,
+                              whiten_advantages=True)
+  else:
+    # The whole response is one action: its return is the summed reward, its baseline the
+    # other responses to the prompt. Scaled, not re-centred: the group contrast is the signal.
+    r = jnp.where(mask, rewards, 0.0)  # [B, N]
+    returns = jnp.where(mask, jnp.flip(jnp.cumsum(jnp.flip(r, -1), -1), -1), 0.0)  # to go
+    seq = leave_one_out_advantages(jnp.sum(r, -1), ro.has_prompt, cfg.responses_per_prompt)
+    advantages = jnp.where(mask, seq[:, None], 0.0)  # [B, N]
+    advantages = advantages * jax.lax.rsqrt(masked_var(advantages, mask) + 1e-8)
   return Advantages(advantages=advantages, returns=returns, rewards=rewards, kl=tr.kl,
                     non_score_reward=tr.non_score_reward)
 
@@ -519,12 +557,13 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
                                                 _MAX_METRICS)
     updates, popt = policy_tx.update(pgrads, popt, pp)
     pp = optax.apply_updates(pp, updates)
-    (_, vmet), vgrads = accumulate_gradients(grad_value, vp, mb, n_micro)
-    updates, vopt = value_tx.update(vgrads, vopt, vp)
-    vp = optax.apply_updates(vp, updates)
-    metrics = {**pmet, **vmet, "loss": loss + cfg.vf_coef * vmet["value_loss"],
-               "policy_grad_norm": optax.global_norm(pgrads),
-               "value_grad_norm": optax.global_norm(vgrads)}
+    metrics = {**pmet, "loss": loss, "policy_grad_norm": optax.global_norm(pgrads)}
+    if cfg.trains_value:
+      (_, vmet), vgrads = accumulate_gradients(grad_value, vp, mb, n_micro)
+      updates, vopt = value_tx.update(vgrads, vopt, vp)
+      vp = optax.apply_updates(vp, updates)
+      metrics.update(vmet, loss=loss + cfg.vf_coef * vmet["value_loss"],
+                     value_grad_norm=optax.global_norm(vgrads))
     return (pp, popt, vp, vopt), metrics
 
   if ro.tokens.shape[0] != b:
@@ -554,11 +593,11 @@ def ppo_update(models: PPOModels, cfg: PPOConfig, policy_tx: optax.GradientTrans
 # ------------------------------------------------------------------------------ iteration
 
 
-def rollout_metrics(ro: Rollout, adv: Advantages, beta: Array) -> dict[str, Array]:
-  """Episode statistics over the rows that hold a prompt."""
+def rollout_metrics(cfg: PPOConfig, ro: Rollout, adv: Advantages,
+                    beta: Array) -> dict[str, Array]:
+  """Episode statistics over the rows that hold a prompt (the value model's with "gae")."""
   rows = ro.has_prompt
-  ev = explained_variance(ro.values, adv.returns, ro.response_mask)
-  return {
+  metrics = {
       "score": masked_mean(ro.rm_score, rows),
       "score_penalized": masked_mean(ro.score, rows),
       "kl": masked_mean(adv.kl, rows),
@@ -567,12 +606,15 @@ def rollout_metrics(ro: Rollout, adv: Advantages, beta: Array) -> dict[str, Arra
       "reward_total": masked_mean(adv.non_score_reward + ro.score, rows),
       "response_length": masked_mean(ro.lengths, rows),
       "eos_fraction": masked_mean(ro.finished, rows),
-      # nan when the returns are constant (e.g. one token per response): report 0 instead,
-      # so a logged nan always means a real problem.
-      "value_explained_variance": jnp.where(jnp.isnan(ev), 0.0, ev),
-      "value_mean": masked_mean(ro.values, ro.response_mask),
       "advantage_abs_mean": masked_mean(jnp.abs(adv.advantages), ro.response_mask),
   }
+  if cfg.trains_value:
+    ev = explained_variance(ro.values, adv.returns, ro.response_mask)
+    # nan when the returns are constant (e.g. one token per response): report 0 instead,
+    # so a logged nan always means a real problem.
+    metrics["value_explained_variance"] = jnp.where(jnp.isnan(ev), 0.0, ev)
+    metrics["value_mean"] = masked_mean(ro.values, ro.response_mask)
+  return metrics
 
 
 def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: DecoderLM,
@@ -598,10 +640,11 @@ def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: Dec
   cfg.ptx_coef > 0; otherwise ignored)}.
 
   Metrics (scalars): score, score_penalized, kl, beta (used for this batch's rewards),
-  non_score_reward, reward_total, response_length, eos_fraction, value_explained_variance,
-  value_mean, advantage_abs_mean, policy_loss, value_loss, ptx_loss (with ptx), loss,
-  clip_fraction, value_clip_fraction, approx_kl, ratio_mean, ratio_max, entropy, policy_grad_norm,
-  value_grad_norm (minibatch means, ratio_max a max), sampler_logprob_error.
+  non_score_reward, reward_total, response_length, eos_fraction, value_explained_variance
+  and value_mean (with "gae"), advantage_abs_mean, policy_loss, value_loss (with "gae"),
+  ptx_loss (with ptx), loss, clip_fraction, value_clip_fraction (with "gae"), approx_kl,
+  ratio_mean, ratio_max, entropy, policy_grad_norm, value_grad_norm (with "gae") (minibatch
+  means, ratio_max a max), sampler_logprob_error.
   """
   cfg.validate()
   models = PPOModels(policy=policy_model, value=value_model, rm=rm_model)
@@ -624,7 +667,7 @@ def make_ppo_iteration(cfg: PPOConfig, policy_model: DecoderLM, value_model: Dec
       ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, new_state.policy_params)
     new_state = new_state.replace(step=state.step + 1, kl=kl, ema_params=ema)
 
-    metrics = rollout_metrics(ro, adv, beta)
+    metrics = rollout_metrics(cfg, ro, adv, beta)
     for k, v in mb_metrics.items():
       metrics[k] = jnp.max(v) if k in _MAX_METRICS else jnp.mean(v)
     metrics["sampler_logprob_error"] = jnp.max(jnp.where(
