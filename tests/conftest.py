@@ -10,8 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One persistent compilation cache for each test process (each pytest-xdist worker has its own)
-# and the scripts it starts (they inherit the environment): the tests build the same tiny models and steps again and again,
-# in-process and in subprocesses, and on a 2-core CPU compiling them is most of the suite's time.
+# and the scripts it starts (they inherit the environment): the tests build the same tiny models
+# and steps again and again, in-process and in subprocesses, and on a 2-core CPU compiling them
+# is most of the suite's time.
 # Executables are XLA's own, so results are bitwise those of a compile. Removed at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import atexit
