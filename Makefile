@@ -13,7 +13,7 @@ WORKDIR ?= runs/instructworld
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist, whole files to a worker: a file's module fixtures compile once).
-# Two on the 2-core CI machine: about 18% less wall time than one (README "Tests"); 0 runs
+# Two on the 2-core CI machine (README "Tests": 29 min against 51 min for one there); 0 runs
 # the tests in this process, as a debugger wants.
 PYTEST_WORKERS ?= 2
 # The host allocator: glibc's malloc hands XLA's large CPU buffers back to the kernel when they
